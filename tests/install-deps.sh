@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what building and testing kapp needs on Debian 12 (run as root). Idempotent.
+set -euo pipefail
+need=(libclang-dev libseccomp-dev clang pkg-config git ca-certificates)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust >= 1.85 (https://rustup.rs) and run again" >&2
+  exit 1
+fi
