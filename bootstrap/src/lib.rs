@@ -1,0 +1,79 @@
+//! Offline cluster generation. Today: the cluster CA and the store's certificates
+//! (`kapp gen pki`); machine configs and the other identities follow with `kapp gen cluster`.
+
+use std::path::{Path, PathBuf};
+
+use kapp_store_client::{CLIENT_GROUP, PEER_GROUP};
+use kapp_tls::pki::Ca;
+
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenError {
+    #[error("{path} already exists: refusing to overwrite a cluster's keys")]
+    Exists { path: PathBuf },
+    #[error("cannot create {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] kapp_tls::TlsError),
+    #[error("no host names or addresses given for the store certificate")]
+    NoHosts,
+}
+
+/// Files written by [`gen_pki`], relative to its output directory.
+pub mod files {
+    pub const CA_CERT: &str = "ca.pem";
+    pub const CA_KEY: &str = "ca.key";
+    pub const STORE_CERT: &str = "store.pem";
+    pub const STORE_KEY: &str = "store.key";
+    pub const CLIENT_CERT: &str = "store-client.pem";
+    pub const CLIENT_KEY: &str = "store-client.key";
+}
+
+/// Write a new cluster CA, a certificate for store members (valid for `hosts`, groups
+/// `kapp:store-peer` and `kapp:store-client`) and a store client certificate into `out`.
+/// Refuses to overwrite an existing CA.
+pub fn gen_pki(out: &Path, cluster: &str, hosts: &[&str]) -> Result<(), GenError> {
+    if hosts.is_empty() {
+        return Err(GenError::NoHosts);
+    }
+    let ca_key = out.join(files::CA_KEY);
+    if ca_key.exists() {
+        return Err(GenError::Exists { path: ca_key });
+    }
+    std::fs::create_dir_all(out).map_err(|source| GenError::Io { path: out.to_path_buf(), source })?;
+    let ca = Ca::generate(cluster)?;
+    let member = ca.issue("store", &[PEER_GROUP, CLIENT_GROUP], hosts)?;
+    member.write_files(&out.join(files::CA_CERT), &out.join(files::STORE_CERT), &out.join(files::STORE_KEY))?;
+    let client = ca.issue("store-client", &[CLIENT_GROUP], &[])?;
+    client.write_files(&out.join(files::CA_CERT), &out.join(files::CLIENT_CERT), &out.join(files::CLIENT_KEY))?;
+    write_private(&ca_key, ca.key_pem().as_bytes())
+}
+
+/// Write a secret readable by its owner only.
+fn write_private(path: &Path, data: &[u8]) -> Result<(), GenError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| GenError::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_ca_and_certificates_that_chain_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        gen_pki(dir.path(), "t", &["127.0.0.1"]).unwrap();
+        let member = kapp_tls::Pem::load(&dir.path().join(files::CA_CERT), &dir.path().join(files::STORE_CERT), &dir.path().join(files::STORE_KEY)).unwrap();
+        // The member certificate is accepted by a config that trusts only this CA.
+        kapp_tls::server_config(&member, kapp_tls::ClientAuth::Required).unwrap();
+        let ca = Ca::from_pem(&std::fs::read_to_string(dir.path().join(files::CA_CERT)).unwrap(), &std::fs::read_to_string(dir.path().join(files::CA_KEY)).unwrap()).unwrap();
+        assert!(ca.cert_pem().contains("BEGIN CERTIFICATE"));
+        let err = gen_pki(dir.path(), "t", &["127.0.0.1"]).unwrap_err();
+        assert!(matches!(err, GenError::Exists { .. }), "{err}");
+        assert!(matches!(gen_pki(&dir.path().join("x"), "t", &[]).unwrap_err(), GenError::NoHosts));
+    }
+}

@@ -1,0 +1,192 @@
+//! `kapp`: the node's multi-call binary. Each service runs as `kapp <service>`; this file
+//! only parses arguments, sets up logging and hands over to the service's library.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kapp", version, about = "kapp node services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a member of the replicated store.
+    Store(StoreArgs),
+    /// Show every store member's view of the cluster (read-only).
+    StoreStatus(StoreStatusArgs),
+    /// Generate cluster material offline.
+    #[command(subcommand)]
+    Gen(GenCommand),
+}
+
+#[derive(Subcommand)]
+enum GenCommand {
+    /// A new cluster CA plus store member and store client certificates.
+    Pki {
+        /// Directory to write into (must not hold a CA already).
+        #[arg(long)]
+        out: PathBuf,
+        /// Cluster name (goes into the CA's name).
+        #[arg(long, default_value = "kapp")]
+        cluster: String,
+        /// Host names and addresses the store members are reached at, comma-separated.
+        #[arg(long, default_value = "127.0.0.1,localhost")]
+        hosts: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct StoreStatusArgs {
+    /// Members to ask, `host:port`, comma-separated.
+    #[arg(long)]
+    endpoints: String,
+    #[arg(long)]
+    ca: PathBuf,
+    /// A certificate of group kapp:store-client (or kapp:store-peer).
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// This member's id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    id: u64,
+    /// Address to listen on for raft and client traffic.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The initial members: `id=host:port`, comma-separated, this one included (1, 3 or 5).
+    #[arg(long)]
+    members: String,
+    /// Directory for the store's data (created on first start).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Cluster CA certificate (PEM).
+    #[arg(long)]
+    ca: PathBuf,
+    /// This member's certificate (PEM); its organisations must include kapp:store-peer.
+    #[arg(long)]
+    cert: PathBuf,
+    /// This member's private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Minimum election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, default_value_t = 500)]
+    election_ms: u64,
+    /// Build a raft snapshot after this many log entries.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
+    /// Keep this many revisions of history (0: never compact automatically).
+    #[arg(long, default_value_t = 100_000)]
+    keep_revisions: i64,
+}
+
+fn parse_members(s: &str) -> Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').with_context(|| format!("--members: {part:?} is not id=host:port"))?;
+        let id: u64 = id.parse().with_context(|| format!("--members: {id:?} is not a member id"))?;
+        if id == 0 {
+            bail!("--members: member ids start at 1");
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            bail!("--members: id {id} appears twice");
+        }
+    }
+    Ok(out)
+}
+
+async fn run_store(a: StoreArgs) -> Result<()> {
+    let members = parse_members(&a.members)?;
+    let tls = kapp_tls::Pem::load(&a.ca, &a.cert, &a.key)?;
+    let mut cfg = kapp_store::StoreConfig::new(a.id, a.listen, members, a.data_dir, tls);
+    cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
+    cfg.election_timeout = (Duration::from_millis(a.election_ms), Duration::from_millis(a.election_ms * 2));
+    cfg.snapshot_every = a.snapshot_every;
+    cfg.keep_revisions = a.keep_revisions;
+    let handle = kapp_store::StoreHandle::start(cfg).await.context("store failed to start")?;
+    // Tell a supervisor (or a test) where we listen once we do.
+    println!("kapp store {} listening on {}", handle.id, handle.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn store_status(a: StoreStatusArgs) -> Result<()> {
+    let tls = kapp_tls::Pem::load(&a.ca, &a.cert, &a.key)?;
+    let endpoints: Vec<String> = a.endpoints.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let mut cfg = kapp_store_client::ClientConfig::new(endpoints.clone(), tls);
+    cfg.attempt_timeout = Duration::from_secs(2);
+    let client = kapp_store_client::StoreClient::new(cfg)?;
+    println!("{:<22} {:>3} {:<10} {:>6} {:>6} {:>9} {:>9} {:>9}", "ENDPOINT", "ID", "STATE", "LEADER", "TERM", "COMMITTED", "APPLIED", "REVISION");
+    let mut unreachable = 0;
+    for (i, ep) in endpoints.iter().enumerate() {
+        match client.member_status(i).await {
+            Ok(st) => println!(
+                "{:<22} {:>3} {:<10} {:>6} {:>6} {:>9} {:>9} {:>9}",
+                ep,
+                st.id,
+                st.state,
+                st.leader.map_or("-".into(), |l| l.to_string()),
+                st.term,
+                st.committed.map_or("-".into(), |c| c.to_string()),
+                st.applied.map_or("-".into(), |c| c.to_string()),
+                st.revision
+            ),
+            Err(e) => {
+                unreachable += 1;
+                println!("{ep:<22} unreachable: {e}");
+            }
+        }
+    }
+    if unreachable == endpoints.len() {
+        bail!("no member answered");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KAPP_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Store(a) => run_store(a).await,
+            Command::StoreStatus(a) => store_status(a).await,
+            Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {
+                let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+                kapp_bootstrap::gen_pki(&out, &cluster, &hosts)?;
+                println!("wrote a new cluster CA and store certificates to {}", out.display());
+                Ok(())
+            }
+        }
+    })
+}
