@@ -38,7 +38,8 @@ l=$(wait_leader)
 echo "== three members up; leader is $l"; status
 echo "== SIGKILL the leader (member $l)"
 kill -KILL "${pids[$l]}"; wait "${pids[$l]}" 2>/dev/null || true
-sleep 1.5; status || true
+for _ in $(seq 1 50); do sleep 0.2; nl=$(leader); [ -n "$nl" ] && [ "$nl" != "$l" ] && break; done
+status || true
 echo "== restart member $l from its disk"
 start "$l"; sleep 2; status
 echo

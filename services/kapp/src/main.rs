@@ -174,6 +174,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("KAPP_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
