@@ -259,3 +259,29 @@ pub enum Refusal {
     #[error("a transaction may not write key {key:?} twice")]
     DuplicateKey { key: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_prefix_ends() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        let p = KeyRange::prefix("/pods/");
+        assert!(p.contains(b"/pods/x") && p.contains(b"/pods/") && !p.contains(b"/pods") && !p.contains(b"/podsx"));
+        let one = KeyRange::single("/k");
+        assert!(one.contains(b"/k") && !one.contains(b"/k2"));
+        let from = KeyRange { key: b"m".to_vec(), range_end: vec![0] };
+        assert!(from.contains(b"zzz") && !from.contains(b"a"));
+    }
+
+    #[test]
+    fn read_only_transactions_are_recognised() {
+        let read = Txn { success: vec![Op::Range(RangeRequest::default())], ..Default::default() };
+        assert!(read.is_read_only());
+        let write = Txn { failure: vec![Op::Delete { range: KeyRange::single("k"), prev_kv: false }], ..read };
+        assert!(!write.is_read_only());
+    }
+}

@@ -209,3 +209,36 @@ async fn watch_catches_up_follows_and_reports_compaction() {
     let _ = WatchFrame::Progress { revision: 0 };
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(1, dir.path()).await;
+    let tls = kapp_tls::client_config(&c.pki.client).unwrap();
+    let raw = kapp_tls::H2Client::new(c.members[&1].clone(), tls);
+    let t = Duration::from_secs(5);
+    let session: u64 = wire::call::<u64, StoreError>(&raw, path::SESSION, wire::encode(&()), false, t).await.unwrap().unwrap();
+    // A write that bumps a counter-like value: applying it twice would show.
+    let req = |seq, acked_below| wire::TxnRequest {
+        id: Some(RequestId { session, seq, acked_below }),
+        txn: Txn { success: vec![put("/once", &format!("seq{seq}"))], ..Default::default() },
+        serializable: false,
+    };
+    let first: TxnResponse = wire::call::<_, StoreError>(&raw, path::TXN, wire::encode(&req(1, 1)), false, t).await.unwrap().unwrap();
+    let retry: TxnResponse = wire::call::<_, StoreError>(&raw, path::TXN, wire::encode(&req(1, 1)), false, t).await.unwrap().unwrap();
+    assert_eq!(first, retry, "the retry gets the first answer");
+    let s = c.client();
+    assert_eq!(s.get("/once").await.unwrap().unwrap().version, 1, "applied once");
+    // Once the client says it has the answer (acked_below > 1), a replay is refused rather
+    // than applied again.
+    let _: TxnResponse = wire::call::<_, StoreError>(&raw, path::TXN, wire::encode(&req(2, 2)), false, t).await.unwrap().unwrap();
+    let stale: Result<TxnResponse, StoreError> = wire::call(&raw, path::TXN, wire::encode(&req(1, 1)), false, t).await.unwrap();
+    assert!(matches!(stale, Err(StoreError::Refused(Refusal::SessionExpired { .. }))), "{stale:?}");
+    // An unknown session is refused too.
+    let mut bogus = req(1, 1);
+    bogus.id.as_mut().unwrap().session = 999_999;
+    let r: Result<TxnResponse, StoreError> = wire::call(&raw, path::TXN, wire::encode(&bogus), false, t).await.unwrap();
+    assert!(matches!(r, Err(StoreError::Refused(Refusal::SessionExpired { .. }))), "{r:?}");
+    assert_eq!(s.get("/once").await.unwrap().unwrap().version, 2);
+    c.shutdown().await;
+}
