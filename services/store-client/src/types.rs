@@ -228,11 +228,15 @@ pub struct RequestId {
 /// What travels through the raft log.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum LogCommand {
-    /// Open a client session; its id is the log index of this entry.
+    /// Open a client session; its id is derived from this entry's log index (and its place
+    /// in a batch), so it is unique in the cluster.
     RegisterSession,
     Txn { id: Option<RequestId>, txn: Txn },
     /// Forget history at and below `revision`.
     Compact { revision: Revision },
+    /// Several commands proposed together (group commit). Each is applied as if it were its
+    /// own entry: its own revision, its own outcome. Never nested.
+    Batch(Vec<LogCommand>),
 }
 
 /// What applying one log entry produced.
@@ -245,6 +249,8 @@ pub enum ApplyOutcome {
     Compacted { revision: Revision },
     /// The command was refused by the state machine; nothing changed.
     Refused(Refusal),
+    /// One outcome per command of a [`LogCommand::Batch`].
+    Batch(Vec<ApplyOutcome>),
 }
 
 /// Why the state machine refused a command. Deterministic: every member refuses alike.
@@ -256,8 +262,8 @@ pub enum Refusal {
     FutureRevision { requested: Revision, current: Revision },
     #[error("session {session} is unknown or expired; the outcome of request {seq} is unknown")]
     SessionExpired { session: u64, seq: u64 },
-    #[error("a transaction may not write key {key:?} twice")]
-    DuplicateKey { key: String },
+    #[error("invalid command: {0}")]
+    Invalid(String),
 }
 
 #[cfg(test)]

@@ -163,6 +163,7 @@ impl StoreHandle {
             watch_slots: Arc::new(Semaphore::new(cfg.max_watches)),
             request_timeout: cfg.request_timeout,
             read_rounds: Default::default(),
+            proposer: crate::server::Proposer::start(raft.clone(), cfg.request_timeout),
         });
         let addr = listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -44,6 +44,7 @@ pub(crate) struct Ctx {
     pub watch_slots: Arc<Semaphore>,
     pub request_timeout: Duration,
     pub read_rounds: ReadRounds,
+    pub proposer: Proposer,
 }
 
 fn respond<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
@@ -242,11 +243,91 @@ fn fatal(e: &openraft::error::Fatal<NodeId>) -> StoreError {
     }
 }
 
-/// Propose a command and wait for it to be applied on this (leader) member.
+/// Commands per batch entry at most.
+const MAX_BATCH: usize = 256;
+/// Encoded bytes per batch entry at most (a single larger command goes alone).
+const MAX_BATCH_BYTES: u64 = 4 << 20;
+/// Proposals in flight at once; while all are busy, new commands queue into the next batch.
+const MAX_PROPOSALS_IN_FLIGHT: usize = 4;
+/// Commands waiting to be proposed at most.
+const PROPOSE_QUEUE: usize = 8192;
+
+type Waiter = tokio::sync::oneshot::Sender<Result<ApplyOutcome, StoreError>>;
+
+/// Group commit above raft: concurrent commands are proposed together as one log entry, so
+/// raft's per-entry cost is paid once per batch. Each command keeps its own revision and
+/// outcome (see `LogCommand::Batch`).
+pub(crate) struct Proposer {
+    tx: mpsc::Sender<(LogCommand, Waiter)>,
+}
+
+impl Proposer {
+    pub(crate) fn start(raft: Raft<TypeConfig>, request_timeout: Duration) -> Proposer {
+        let (tx, mut rx) = mpsc::channel::<(LogCommand, Waiter)>(PROPOSE_QUEUE);
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
+            while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                let mut bytes = bincode::serialized_size(&first.0).unwrap_or(0);
+                let mut group = vec![first];
+                while group.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            bytes += bincode::serialized_size(&next.0).unwrap_or(0);
+                            group.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if group.len() == 1 {
+                        let (cmd, w) = group.pop().expect("one command");
+                        let _ = w.send(propose_now(&raft, request_timeout, cmd).await);
+                        return;
+                    }
+                    let (cmds, waiters): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                    match propose_now(&raft, request_timeout, LogCommand::Batch(cmds)).await {
+                        Ok(ApplyOutcome::Batch(outs)) if outs.len() == waiters.len() => {
+                            for (w, o) in waiters.into_iter().zip(outs) {
+                                let _ = w.send(match o {
+                                    ApplyOutcome::Refused(r) => Err(r.into()),
+                                    other => Ok(other),
+                                });
+                            }
+                        }
+                        Ok(other) => {
+                            let e = StoreError::Storage(format!("unexpected batch outcome {other:?}"));
+                            for w in waiters {
+                                let _ = w.send(Err(e.clone()));
+                            }
+                        }
+                        Err(e) => {
+                            for w in waiters {
+                                let _ = w.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Proposer { tx }
+    }
+}
+
+/// Propose a command (batched with concurrent ones) and wait for it to be applied on this
+/// (leader) member.
 pub(crate) async fn propose(ctx: &Ctx, cmd: LogCommand) -> Result<ApplyOutcome, StoreError> {
-    let fut = ctx.raft.client_write(cmd);
-    match tokio::time::timeout(ctx.request_timeout, fut).await {
-        Err(_) => Err(StoreError::Timeout { millis: ctx.request_timeout.as_millis() as u64 }),
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ctx.proposer.tx.send((cmd, tx)).await.map_err(|_| StoreError::ShuttingDown)?;
+    rx.await.unwrap_or(Err(StoreError::ShuttingDown))
+}
+
+async fn propose_now(raft: &Raft<TypeConfig>, request_timeout: Duration, cmd: LogCommand) -> Result<ApplyOutcome, StoreError> {
+    let fut = raft.client_write(cmd);
+    match tokio::time::timeout(request_timeout, fut).await {
+        Err(_) => Err(StoreError::Timeout { millis: request_timeout.as_millis() as u64 }),
         Ok(Ok(resp)) => match resp.data {
             ApplyOutcome::Refused(r) => Err(r.into()),
             other => Ok(other),

@@ -28,6 +28,8 @@ pub const MAX_SESSIONS: usize = 4096;
 use kapp_store_client::limits::SESSION_WINDOW;
 
 const KEY_META: &[u8] = b"meta";
+/// Session ids are `log index * SESSIONS_PER_ENTRY + place in the batch`.
+const SESSIONS_PER_ENTRY: u64 = 1 << 16;
 const SNAP_MAGIC: &[u8; 8] = b"KAPPSNP1";
 /// The current snapshot's raft metadata; its data is in `<snapshot_id>.snap` beside it.
 const SNAP_META_FILE: &str = "current.meta";
@@ -54,6 +56,8 @@ struct SmMeta {
     membership: Membership,
     revision: Revision,
     compacted: Revision,
+    /// A batch entry applied part way: (its log index, commands done).
+    partial: Option<(u64, u32)>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,17 +160,17 @@ impl StateMachine {
         batch.put_cf(self.db.cf(CF_SM), KEY_REVS, encode_revs(self.meta.revision, self.meta.compacted));
     }
 
-    fn register_session(&mut self, index: u64, batch: &mut WriteBatch) -> ApplyOutcome {
+    fn register_session(&mut self, id: u64, index: u64, batch: &mut WriteBatch) -> ApplyOutcome {
         while self.lru.len() >= MAX_SESSIONS {
             let Some(&(used, old)) = self.lru.iter().next() else { break };
             self.lru.remove(&(used, old));
             self.drop_session(old, batch);
         }
         let meta = SessionMeta { acked_below: 0, last_used: index };
-        batch.put_cf(self.db.cf(CF_SESSIONS), session_key(index), enc(&meta));
-        self.sessions.insert(index, Session { meta: Some(meta), cached: BTreeSet::new() });
-        self.lru.insert((index, index));
-        ApplyOutcome::Session { id: index }
+        batch.put_cf(self.db.cf(CF_SESSIONS), session_key(id), enc(&meta));
+        self.sessions.insert(id, Session { meta: Some(meta), cached: BTreeSet::new() });
+        self.lru.insert((index, id));
+        ApplyOutcome::Session { id }
     }
 
     fn drop_session(&mut self, id: u64, batch: &mut WriteBatch) {
@@ -319,38 +323,39 @@ impl StateMachine {
         ApplyOutcome::Compacted { revision }
     }
 
-    fn apply_one(&mut self, entry: openraft::Entry<TypeConfig>) -> Result<ApplyOutcome, SErr> {
+    /// Apply one command as its own atomic RocksDB write. `sub` is its place in a batch
+    /// entry (0 otherwise); `last` says whether the entry is complete after it.
+    fn apply_cmd(&mut self, log_id: LogId<NodeId>, sub: u32, last: bool, cmd: LogCommand) -> Result<ApplyOutcome, SErr> {
         let mut batch = WriteBatch::default();
         let mut events = Vec::new();
-        let index = entry.log_id.index;
-        self.meta.applied = Some(entry.log_id);
-        let outcome = match entry.payload {
-            EntryPayload::Blank => ApplyOutcome::None,
-            EntryPayload::Membership(m) => {
-                self.meta.membership = StoredMembership::new(Some(entry.log_id), m);
-                ApplyOutcome::None
-            }
-            EntryPayload::Normal(cmd) => match cmd {
-                LogCommand::RegisterSession => self.register_session(index, &mut batch),
-                LogCommand::Compact { revision } => self.exec_compact(revision, &mut batch),
-                LogCommand::Txn { id, txn } => {
-                    let cached = match &id {
-                        Some(id) => self.session_check(id, index, &mut batch)?,
-                        None => None,
-                    };
-                    match cached {
-                        Some(outcome) => outcome,
-                        None => {
-                            let outcome = self.exec_txn(&txn, &mut batch, &mut events)?;
-                            if let Some(id) = &id {
-                                self.remember(id, &outcome, &mut batch);
-                            }
-                            outcome
+        let index = log_id.index;
+        let outcome = match cmd {
+            LogCommand::RegisterSession => self.register_session(index * SESSIONS_PER_ENTRY + u64::from(sub), index, &mut batch),
+            LogCommand::Compact { revision } => self.exec_compact(revision, &mut batch),
+            LogCommand::Txn { id, txn } => {
+                let cached = match &id {
+                    Some(id) => self.session_check(id, index, &mut batch)?,
+                    None => None,
+                };
+                match cached {
+                    Some(outcome) => outcome,
+                    None => {
+                        let outcome = self.exec_txn(&txn, &mut batch, &mut events)?;
+                        if let Some(id) = &id {
+                            self.remember(id, &outcome, &mut batch);
                         }
+                        outcome
                     }
                 }
-            },
+            }
+            LogCommand::Batch(_) => ApplyOutcome::Refused(Refusal::Invalid("nested batch".into())),
         };
+        if last {
+            self.meta.applied = Some(log_id);
+            self.meta.partial = None;
+        } else {
+            self.meta.partial = Some((index, sub + 1));
+        }
         self.write_meta(&mut batch);
         self.db.write(batch).map_err(sm_write)?;
         if let ApplyOutcome::Compacted { revision } = outcome {
@@ -362,6 +367,49 @@ impl StateMachine {
         Ok(outcome)
     }
 
+    /// Apply one log entry. The commands of a batch entry are written one by one; until the
+    /// last, `partial` records how many are done, so a crash (or a snapshot taken meanwhile)
+    /// never applies one twice: the entry is re-applied from where it stopped.
+    fn apply_one(&mut self, entry: openraft::Entry<TypeConfig>) -> Result<ApplyOutcome, SErr> {
+        let log_id = entry.log_id;
+        match entry.payload {
+            EntryPayload::Blank => self.apply_meta_only(log_id),
+            EntryPayload::Membership(m) => {
+                self.meta.membership = StoredMembership::new(Some(log_id), m);
+                self.apply_meta_only(log_id)
+            }
+            EntryPayload::Normal(LogCommand::Batch(cmds)) => {
+                let done = match self.meta.partial {
+                    Some((index, done)) if index == log_id.index => done as usize,
+                    _ => 0,
+                };
+                let n = cmds.len();
+                if n == 0 {
+                    return self.apply_meta_only(log_id).map(|_| ApplyOutcome::Batch(Vec::new()));
+                }
+                let mut outcomes = Vec::with_capacity(n);
+                for (k, cmd) in cmds.into_iter().enumerate() {
+                    if k < done {
+                        // Applied before a restart; nobody waits for its answer any more.
+                        outcomes.push(ApplyOutcome::None);
+                        continue;
+                    }
+                    outcomes.push(self.apply_cmd(log_id, k as u32, k + 1 == n, cmd)?);
+                }
+                Ok(ApplyOutcome::Batch(outcomes))
+            }
+            EntryPayload::Normal(cmd) => self.apply_cmd(log_id, 0, true, cmd),
+        }
+    }
+
+    fn apply_meta_only(&mut self, log_id: LogId<NodeId>) -> Result<ApplyOutcome, SErr> {
+        self.meta.applied = Some(log_id);
+        self.meta.partial = None;
+        let mut batch = WriteBatch::default();
+        self.write_meta(&mut batch);
+        self.db.write(batch).map_err(sm_write)?;
+        Ok(ApplyOutcome::None)
+    }
 }
 
 pub(crate) fn compare_holds(c: &Compare, rec: Option<&KvRecord>) -> bool {
@@ -639,5 +687,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta: SnapshotMeta<NodeId, Node> = dec(&raw).map_err(sm_read)?;
         let file = tokio::fs::File::open(snap_data_path(&self.snap_dir, &meta.snapshot_id)).await.map_err(sm_read)?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_cmd(k: &str) -> LogCommand {
+        LogCommand::Txn { id: None, txn: Txn { success: vec![Op::Put { key: k.into(), value: b"v".to_vec(), prev_kv: false }], ..Default::default() } }
+    }
+
+    fn entry(index: u64, cmd: LogCommand) -> openraft::Entry<TypeConfig> {
+        openraft::Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(cmd) }
+    }
+
+    #[test]
+    fn a_batch_entry_resumes_where_a_crash_stopped_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let db = crate::db::open(&dir.path().join("db"), 1).unwrap();
+            StateMachine::open(db, &dir.path().join("snap")).unwrap()
+        };
+        let batch = || LogCommand::Batch(vec![put_cmd("/a"), put_cmd("/b"), put_cmd("/c")]);
+        {
+            let mut sm = open();
+            // Two of three commands written, then the process dies.
+            let log_id = entry(1, batch()).log_id;
+            sm.apply_cmd(log_id, 0, false, put_cmd("/a")).unwrap();
+            sm.apply_cmd(log_id, 1, false, put_cmd("/b")).unwrap();
+            assert_eq!(sm.meta.applied, None, "the entry is not applied until its last command is");
+        }
+        let mut sm = open();
+        assert_eq!(sm.meta.partial, Some((1, 2)));
+        // raft re-applies the entry: only the third command runs.
+        let out = sm.apply_one(entry(1, batch())).unwrap();
+        let ApplyOutcome::Batch(outs) = out else { panic!("batch outcome expected") };
+        assert_eq!(outs.len(), 3);
+        assert!(matches!(outs[2], ApplyOutcome::Txn(ref t) if t.revision == 3));
+        assert_eq!(sm.meta.revision, 3, "three commands, three revisions, none twice");
+        assert_eq!(sm.meta.partial, None);
+        assert_eq!(sm.meta.applied.map(|l| l.index), Some(1));
+        for k in ["/a", "/b", "/c"] {
+            assert_eq!(get_kv(&*sm.db, k.as_bytes()).unwrap().unwrap().version, 1, "{k} written once");
+        }
+        // Sessions registered in one batch get distinct ids.
+        let out = sm.apply_one(entry(2, LogCommand::Batch(vec![LogCommand::RegisterSession, LogCommand::RegisterSession]))).unwrap();
+        let ApplyOutcome::Batch(outs) = out else { panic!("batch outcome expected") };
+        assert_ne!(outs[0], outs[1]);
     }
 }
