@@ -42,10 +42,13 @@ impl Faults {
     }
 }
 
-/// Makes one connection handle per target member.
+/// Hands out connection handles to members. openraft asks for a new handle for every
+/// replication stream and every heartbeat round, so handles share one HTTP/2 connection per
+/// member (cached here) instead of each paying for a TLS handshake.
 pub struct NetworkFactory {
     pub(crate) tls: Arc<rustls::ClientConfig>,
     pub(crate) faults: Arc<Faults>,
+    pub(crate) clients: std::collections::HashMap<(NodeId, String), H2Client>,
 }
 
 pub struct PeerConn {
@@ -58,11 +61,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConn {
-        PeerConn {
-            target,
-            client: H2Client::new(node.addr.clone(), self.tls.clone()),
-            faults: self.faults.clone(),
-        }
+        let tls = &self.tls;
+        let client = self
+            .clients
+            .entry((target, node.addr.clone()))
+            .or_insert_with(|| H2Client::new(node.addr.clone(), tls.clone()))
+            .clone();
+        PeerConn { target, client, faults: self.faults.clone() }
     }
 }
 

@@ -147,7 +147,7 @@ impl StoreHandle {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let network = NetworkFactory { tls: client_tls.clone(), faults: faults.clone() };
+        let network = NetworkFactory { tls: client_tls.clone(), faults: faults.clone(), clients: HashMap::new() };
         let raft = Raft::new(cfg.id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
