@@ -48,13 +48,29 @@ struct StoreStatusArgs {
     /// Members to ask, `host:port`, comma-separated.
     #[arg(long)]
     endpoints: String,
+    /// A certificate of group kapp:store-client (or kapp:store-peer).
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// An identity: the cluster CA, a certificate and its key (PEM files).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Cluster CA certificate.
     #[arg(long)]
     ca: PathBuf,
-    /// A certificate of group kapp:store-client (or kapp:store-peer).
+    /// This identity's certificate.
     #[arg(long)]
     cert: PathBuf,
+    /// This identity's private key.
     #[arg(long)]
     key: PathBuf,
+}
+
+impl TlsArgs {
+    fn load(&self) -> Result<kapp_tls::Pem> {
+        Ok(kapp_tls::Pem::load(&self.ca, &self.cert, &self.key)?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -71,15 +87,9 @@ struct StoreArgs {
     /// Directory for the store's data (created on first start).
     #[arg(long)]
     data_dir: PathBuf,
-    /// Cluster CA certificate (PEM).
-    #[arg(long)]
-    ca: PathBuf,
-    /// This member's certificate (PEM); its organisations must include kapp:store-peer.
-    #[arg(long)]
-    cert: PathBuf,
-    /// This member's private key (PEM).
-    #[arg(long)]
-    key: PathBuf,
+    /// This member's identity; its organisations must include kapp:store-peer.
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
@@ -111,7 +121,7 @@ fn parse_members(s: &str) -> Result<BTreeMap<u64, String>> {
 
 async fn run_store(a: StoreArgs) -> Result<()> {
     let members = parse_members(&a.members)?;
-    let tls = kapp_tls::Pem::load(&a.ca, &a.cert, &a.key)?;
+    let tls = a.tls.load()?;
     let mut cfg = kapp_store::StoreConfig::new(a.id, a.listen, members, a.data_dir, tls);
     cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
     cfg.election_timeout = (Duration::from_millis(a.election_ms), Duration::from_millis(a.election_ms * 2));
@@ -127,7 +137,7 @@ async fn run_store(a: StoreArgs) -> Result<()> {
 }
 
 async fn store_status(a: StoreStatusArgs) -> Result<()> {
-    let tls = kapp_tls::Pem::load(&a.ca, &a.cert, &a.key)?;
+    let tls = a.tls.load()?;
     let endpoints: Vec<String> = a.endpoints.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     let mut cfg = kapp_store_client::ClientConfig::new(endpoints.clone(), tls);
     cfg.attempt_timeout = Duration::from_secs(2);
