@@ -1,0 +1,12 @@
+//! kapp's object model, without IO: which Kubernetes resources are served (`resource`),
+//! where objects live in the store (`keys`), and what makes an object valid (`validation`,
+//! `schema`). The apiserver builds on this; so will gitops' pre-apply validation.
+
+pub mod keys;
+pub mod resource;
+pub mod schema;
+pub mod validation;
+
+pub use k8s_openapi;
+pub use resource::{by_kind, by_plural, Resource, Subresource, RESOURCES};
+pub use validation::{validate, ErrorType, FieldError};
