@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run a member of the replicated store.
     Store(StoreArgs),
+    /// Run the Kubernetes-compatible apiserver over the store.
+    Apiserver(ApiserverArgs),
     /// Show every store member's view of the cluster (read-only).
     StoreStatus(StoreStatusArgs),
     /// Generate cluster material offline.
@@ -41,6 +43,19 @@ enum GenCommand {
         #[arg(long, default_value = "127.0.0.1,localhost")]
         hosts: String,
     },
+}
+
+#[derive(clap::Args)]
+struct ApiserverArgs {
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Store members, `host:port`, comma-separated.
+    #[arg(long)]
+    store: String,
+    /// The serving certificate, also used as the store client identity (kapp:store-client).
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -136,6 +151,18 @@ async fn run_store(a: StoreArgs) -> Result<()> {
     Ok(())
 }
 
+async fn run_apiserver(a: ApiserverArgs) -> Result<()> {
+    let tls = a.tls.load()?;
+    let endpoints = a.store.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let store = kapp_store_client::StoreClient::new(kapp_store_client::ClientConfig::new(endpoints, tls.clone()))?;
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
+    let api = kapp_apiserver::ApiServer::start(kapp_apiserver::ApiServerConfig { tls, store, max_connections: 1024 }, listener).await?;
+    println!("kapp apiserver listening on {}", api.addr);
+    shutdown_signal().await;
+    api.shutdown().await;
+    Ok(())
+}
+
 async fn store_status(a: StoreStatusArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let endpoints: Vec<String> = a.endpoints.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
@@ -192,6 +219,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Store(a) => run_store(a).await,
             Command::StoreStatus(a) => store_status(a).await,
+            Command::Apiserver(a) => run_apiserver(a).await,
             Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {
                 let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                 kapp_bootstrap::gen_pki(&out, &cluster, &hosts)?;

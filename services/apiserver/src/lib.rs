@@ -1,0 +1,547 @@
+//! kapp's apiserver: Kubernetes' REST API over the replicated store, so kubectl, kube-rs and
+//! the Python client work unchanged.
+//!
+//! Served today: discovery (`/version`, `/api`, `/apis`, resource lists), and for every kind
+//! in `kapp_api::RESOURCES`: get, list (label/field selectors, limit/continue), watch
+//! (resourceVersion, 410 when compacted, timeoutSeconds), create (422 on invalid objects,
+//! 409 if it exists), update (409 on a stale resourceVersion), delete. Authentication by
+//! client certificate, coarse authorisation by group (see `authz`). Objects are stored as
+//! JSON; `resourceVersion` is the store's `mod_revision`.
+
+mod authz;
+mod selector;
+mod util;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use kapp_api::{keys, validate, Resource, RESOURCES};
+use kapp_store_client::{Compare, EventKind, KeyRange, KeyValue, Op, OpResult, RangeRequest, Refusal, StoreClient, StoreError, Txn, WatchItem};
+use kapp_tls::{Body, ClientAuth, Identity, Pem};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub use authz::{Access, CONTROLLERS, GITOPS, NODES, SCHEDULER, VIEWERS};
+use selector::Selector;
+use util::{parse_query, status};
+
+/// Largest request body (an object).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Items per list page when the client sets no limit.
+const DEFAULT_PAGE: u64 = 500;
+/// Kubernetes version reported by `/version`.
+const KUBE_MINOR: &str = "33";
+
+/// How to run an apiserver.
+pub struct ApiServerConfig {
+    pub tls: Pem,
+    pub store: StoreClient,
+    pub max_connections: usize,
+}
+
+/// A running apiserver.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+struct Ctx {
+    store: StoreClient,
+}
+
+impl ApiServer {
+    /// Serve on `listener` until `shutdown`.
+    pub async fn start(cfg: ApiServerConfig, listener: TcpListener) -> Result<ApiServer, kapp_tls::TlsError> {
+        let tls = kapp_tls::server_config(&cfg.tls, ClientAuth::Optional)?;
+        let addr = listener.local_addr().map_err(|e| kapp_tls::TlsError::Io { path: "listener".into(), source: e })?;
+        let ctx = Arc::new(Ctx { store: cfg.store });
+        let (stop, rx) = oneshot::channel::<()>();
+        let handler = move |req, who| {
+            let ctx = ctx.clone();
+            async move { handle(ctx, req, who).await }
+        };
+        let task = tokio::spawn(kapp_tls::serve(listener, tls, cfg.max_connections, handler, async {
+            let _ = rx.await;
+        }));
+        Ok(ApiServer { addr, stop: Some(stop), task })
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(kapp_tls::full(serde_json::to_vec(v).expect("json serialises")))
+        .expect("valid response")
+}
+
+fn fail(code: u16, reason: &str, message: &str) -> Response<Body> {
+    json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &status(code, reason, message, None))
+}
+
+fn store_failure(e: StoreError) -> Response<Body> {
+    match e {
+        StoreError::Refused(Refusal::Compacted { .. }) => fail(410, "Expired", &e.to_string()),
+        StoreError::TooLarge { .. } => fail(413, "RequestEntityTooLarge", &e.to_string()),
+        StoreError::Invalid(_) => fail(400, "BadRequest", &e.to_string()),
+        _ => fail(503, "ServiceUnavailable", &format!("store: {e}")),
+    }
+}
+
+/// A parsed resource URL.
+struct Target {
+    res: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+enum Route {
+    Version,
+    ApiVersions,
+    GroupList,
+    ResourceList(&'static str, &'static str),
+    Object(Target),
+}
+
+fn route(path: &str) -> Result<Route, Response<Body>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["version"] => return Ok(Route::Version),
+        ["api"] => return Ok(Route::ApiVersions),
+        ["apis"] => return Ok(Route::GroupList),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(fail(404, "NotFound", &format!("the server could not find the requested resource {path}"))),
+    };
+    let Some(&(g, v)) = kapp_api::resource::groups().iter().find(|(g, v)| *g == group && *v == version) else {
+        return Err(fail(404, "NotFound", &format!("the server does not serve {group}/{version}")));
+    };
+    if rest.is_empty() {
+        return Ok(Route::ResourceList(g, v));
+    }
+    let (namespace, plural, tail) = if rest[0] == "namespaces" && rest.len() >= 3 {
+        (Some(rest[1].to_string()), rest[2], &rest[3..])
+    } else {
+        (None, rest[0], &rest[1..])
+    };
+    let res = kapp_api::by_plural(group, version, plural)
+        .ok_or_else(|| fail(404, "NotFound", &format!("the server doesn't have a resource type \"{plural}\" in {}", if group.is_empty() { version.to_string() } else { format!("{group}/{version}") })))?;
+    if namespace.is_some() && !res.namespaced {
+        return Err(fail(404, "NotFound", &format!("{} is not namespaced", res.plural)));
+    }
+    Ok(Route::Object(Target {
+        res,
+        namespace,
+        name: tail.first().map(|s| s.to_string()),
+        sub: tail.get(1).map(|s| s.to_string()),
+    }))
+}
+
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>>) -> Response<Body> {
+    let Some(who) = who else {
+        return fail(401, "Unauthorized", "a client certificate from the cluster CA is required");
+    };
+    let access = authz::access(&who);
+    if access == Access::None {
+        return fail(403, "Forbidden", &format!("user {:?} belongs to no kapp group", who.common_name));
+    }
+    let path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query());
+    let r = match route(&path) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if writes && access != Access::Write {
+        return fail(403, "Forbidden", &format!("user {:?} may not {} {path}: kapp is changed through git only", who.common_name, req.method().as_str().to_lowercase()));
+    }
+    match r {
+        Route::Version => json_response(StatusCode::OK, &json!({
+            "major": "1", "minor": KUBE_MINOR, "gitVersion": format!("v1.{KUBE_MINOR}.0-kapp.{}", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "", "gitTreeState": "clean", "buildDate": "1970-01-01T00:00:00Z",
+            "goVersion": "rust", "compiler": "rustc", "platform": "linux/amd64"
+        })),
+        Route::ApiVersions => json_response(StatusCode::OK, &json!({
+            "kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]
+        })),
+        Route::GroupList => {
+            let groups: Vec<Value> = kapp_api::resource::groups()
+                .into_iter()
+                .filter(|(g, _)| !g.is_empty())
+                .map(|(g, v)| {
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        }
+        Route::ResourceList(g, v) => json_response(StatusCode::OK, &resource_list(g, v)),
+        Route::Object(t) => {
+            let method = req.method().clone();
+            match (method, &t.name, &t.sub) {
+                (Method::GET, None, None) if is_true(query.get("watch")) => watch(ctx, t, &query, access).await,
+                (Method::GET, None, None) => list(&ctx, &t, &query, access).await,
+                (Method::GET, Some(name), None) => get(&ctx, &t, name, access).await,
+                (Method::POST, None, None) => match body_json(req).await {
+                    Ok(obj) => create(&ctx, &t, obj).await,
+                    Err(resp) => resp,
+                },
+                (Method::PUT, Some(name), None) => match body_json(req).await {
+                    Ok(obj) => update(&ctx, &t, name, obj).await,
+                    Err(resp) => resp,
+                },
+                (Method::DELETE, Some(name), None) => delete(&ctx, &t, name).await,
+                (m, _, Some(sub)) => fail(405, "MethodNotAllowed", &format!("{m} on subresource {sub} is not supported yet")),
+                (m, _, _) => fail(405, "MethodNotAllowed", &format!("{m} is not supported on {path}")),
+            }
+        }
+    }
+}
+
+fn is_true(v: Option<&String>) -> bool {
+    matches!(v.map(String::as_str), Some("true") | Some("1"))
+}
+
+fn resource_list(group: &str, version: &str) -> Value {
+    let mut resources = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+        resources.push(json!({
+            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
+            "shortNames": r.short_names,
+            "verbs": ["create", "delete", "get", "list", "update", "watch"],
+        }));
+        for s in r.subresources {
+            resources.push(json!({"name": format!("{}/{}", r.plural, s.name()), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get"]}));
+        }
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+}
+
+async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+    let bytes: Bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| fail(413, "RequestEntityTooLarge", &format!("request body over {MAX_BODY} bytes or unreadable: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| fail(400, "BadRequest", &format!("the body is not a JSON object: {e}")))
+}
+
+/// An object as stored, with `resourceVersion` from the store; Secret data hidden from viewers.
+fn decode_stored(kv: &KeyValue, rv: i64, access: Access) -> Option<Value> {
+    let mut obj: Value = serde_json::from_slice(&kv.value).ok()?;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    if access == Access::View && obj["kind"] == "Secret" {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("data");
+            m.remove("stringData");
+        }
+    }
+    Some(obj)
+}
+
+fn object_key(t: &Target, name: &str) -> String {
+    keys::object_key(t.res, t.namespace.as_deref().unwrap_or(""), name)
+}
+
+async fn get(ctx: &Ctx, t: &Target, name: &str, access: Access) -> Response<Body> {
+    match ctx.store.get(object_key(t, name)).await {
+        Err(e) => store_failure(e),
+        Ok(None) => not_found(t, name),
+        Ok(Some(kv)) => match decode_stored(&kv, kv.mod_revision, access) {
+            Some(obj) => json_response(StatusCode::OK, &obj),
+            None => fail(500, "InternalError", "stored object is not JSON"),
+        },
+    }
+}
+
+fn not_found(t: &Target, name: &str) -> Response<Body> {
+    let what = if t.res.group.is_empty() { t.res.plural.to_string() } else { format!("{}.{}", t.res.plural, t.res.group) };
+    json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("{what} \"{name}\" not found"), Some(json!({"name": name, "group": t.res.group, "kind": t.res.plural}))))
+}
+
+fn selectors(query: &std::collections::HashMap<String, String>) -> Result<(Selector, Selector), Response<Body>> {
+    let l = Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")).map_err(|e| fail(400, "BadRequest", &format!("labelSelector: {e}")))?;
+    let f = Selector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or("")).map_err(|e| fail(400, "BadRequest", &format!("fieldSelector: {e}")))?;
+    Ok((l, f))
+}
+
+async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, String>, access: Access) -> Response<Body> {
+    let (labels, fields) = match selectors(query) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let prefix = keys::list_prefix(t.res, t.namespace.as_deref());
+    let limit: u64 = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(DEFAULT_PAGE);
+    // `continue` is the hex of the next key and the revision the first page was read at.
+    let (start, revision) = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => (prefix.clone().into_bytes(), 0),
+        Some(c) => match decode_continue(c) {
+            Some(x) => x,
+            None => return fail(400, "BadRequest", "invalid continue token"),
+        },
+    };
+    let range = KeyRange { key: start, range_end: kapp_store_client::prefix_end(prefix.as_bytes()) };
+    let mut items = Vec::new();
+    let mut next_key: Option<Vec<u8>> = None;
+    let mut read_rev = revision;
+    let mut cursor = range.key.clone();
+    // Read pages from the store until `limit` items matched or the prefix is done.
+    loop {
+        let req = RangeRequest { range: KeyRange { key: cursor.clone(), range_end: range.range_end.clone() }, limit: limit + 1, revision: read_rev, ..Default::default() };
+        let resp = match ctx.store.range(req).await {
+            Ok(r) => r,
+            Err(e) => return store_failure(e),
+        };
+        if read_rev == 0 {
+            read_rev = resp.revision;
+        }
+        let n = resp.kvs.len();
+        for kv in resp.kvs {
+            if items.len() as u64 == limit {
+                next_key = Some(kv.key.clone());
+                break;
+            }
+            cursor = kv.key.clone();
+            cursor.push(0);
+            if let Some(obj) = decode_stored(&kv, kv.mod_revision, access) {
+                if labels.matches_labels(&obj) && fields.matches_fields(&obj) {
+                    items.push(obj);
+                }
+            }
+        }
+        if next_key.is_some() || (n as u64) <= limit {
+            break;
+        }
+    }
+    let mut meta = json!({"resourceVersion": read_rev.to_string()});
+    if let Some(k) = next_key {
+        meta["continue"] = json!(encode_continue(&k, read_rev));
+    }
+    let list_kind = format!("{}List", t.res.kind);
+    json_response(StatusCode::OK, &json!({"kind": list_kind, "apiVersion": t.res.api_version(), "metadata": meta, "items": items}))
+}
+
+fn encode_continue(key: &[u8], rev: i64) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{rev}.{hex}")
+}
+
+fn decode_continue(c: &str) -> Option<(Vec<u8>, i64)> {
+    let (rev, hex) = c.split_once('.')?;
+    let rev: i64 = rev.parse().ok()?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let key = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?;
+    Some((key, rev))
+}
+
+fn invalid(t: &Target, name: &str, errors: Vec<kapp_api::FieldError>) -> Response<Body> {
+    let causes: Vec<Value> = errors
+        .iter()
+        .map(|e| json!({"reason": format!("Field{:?}", e.kind).replace("FieldTooLong", "FieldValueTooLong").replace("FieldInvalid", "FieldValueInvalid").replace("FieldRequired", "FieldValueRequired").replace("FieldForbidden", "FieldValueForbidden"), "message": e.to_string(), "field": e.field}))
+        .collect();
+    let msg = format!("{} \"{name}\" is invalid: {}", t.res.kind, errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "));
+    json_response(StatusCode::UNPROCESSABLE_ENTITY, &status(422, "Invalid", &msg, Some(json!({"name": name, "group": t.res.group, "kind": t.res.kind, "causes": causes}))))
+}
+
+/// Put the URL's namespace into the object, refusing a different one.
+fn settle_namespace(t: &Target, obj: &mut Value) -> Result<(), Response<Body>> {
+    if !t.res.namespaced {
+        return Ok(());
+    }
+    let Some(ns) = &t.namespace else {
+        return Err(fail(400, "BadRequest", &format!("{} is namespaced: use /namespaces/<ns>/{}", t.res.kind, t.res.plural)));
+    };
+    match obj["metadata"]["namespace"].as_str() {
+        Some(b) if !b.is_empty() && b != ns => Err(fail(400, "BadRequest", &format!("the namespace of the object ({b}) does not match the namespace on the request ({ns})"))),
+        _ => {
+            if obj["metadata"].is_object() {
+                obj["metadata"]["namespace"] = json!(ns);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
+    if let Err(r) = settle_namespace(t, &mut obj) {
+        return r;
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    if let Err(errors) = validate(t.res, &obj) {
+        return invalid(t, &name, errors);
+    }
+    let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
+    meta.remove("resourceVersion");
+    meta.insert("uid".into(), json!(util::uuid4()));
+    meta.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
+    let key = object_key(t, &name);
+    let value = serde_json::to_vec(&obj).expect("json serialises");
+    let txn = Txn { compare: vec![Compare::absent(key.clone())], success: vec![Op::Put { key: key.into_bytes(), value, prev_kv: false }], failure: vec![] };
+    match ctx.store.txn(txn).await {
+        Err(e) => store_failure(e),
+        Ok(r) if !r.succeeded => json_response(StatusCode::CONFLICT, &status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.res.plural), Some(json!({"name": name, "kind": t.res.plural})))),
+        Ok(r) => {
+            obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
+            json_response(StatusCode::CREATED, &obj)
+        }
+    }
+}
+
+async fn update(ctx: &Ctx, t: &Target, name: &str, mut obj: Value) -> Response<Body> {
+    if let Err(r) = settle_namespace(t, &mut obj) {
+        return r;
+    }
+    if obj["metadata"]["name"].as_str() != Some(name) {
+        return fail(400, "BadRequest", &format!("the name of the object does not match the name on the URL ({name})"));
+    }
+    if let Err(errors) = validate(t.res, &obj) {
+        return invalid(t, name, errors);
+    }
+    let key = object_key(t, name);
+    let current = match ctx.store.get(key.clone()).await {
+        Err(e) => return store_failure(e),
+        Ok(None) => return not_found(t, name),
+        Ok(Some(kv)) => kv,
+    };
+    let stored: Value = serde_json::from_slice(&current.value).unwrap_or(Value::Null);
+    let expected = match obj["metadata"]["resourceVersion"].as_str() {
+        None | Some("") => current.mod_revision,
+        Some(rv) => match rv.parse::<i64>() {
+            Ok(v) => v,
+            Err(_) => return fail(400, "BadRequest", &format!("metadata.resourceVersion {rv:?} is not a resource version")),
+        },
+    };
+    let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
+    meta.remove("resourceVersion");
+    meta.insert("uid".into(), stored["metadata"]["uid"].clone());
+    meta.insert("creationTimestamp".into(), stored["metadata"]["creationTimestamp"].clone());
+    let value = serde_json::to_vec(&obj).expect("json serialises");
+    let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), expected)], success: vec![Op::Put { key: key.into_bytes(), value, prev_kv: false }], failure: vec![] };
+    match ctx.store.txn(txn).await {
+        Err(e) => store_failure(e),
+        Ok(r) if !r.succeeded => json_response(StatusCode::CONFLICT, &status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", t.res.plural), None)),
+        Ok(r) => {
+            obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
+            json_response(StatusCode::OK, &obj)
+        }
+    }
+}
+
+async fn delete(ctx: &Ctx, t: &Target, name: &str) -> Response<Body> {
+    let key = object_key(t, name);
+    let txn = Txn { success: vec![Op::Delete { range: KeyRange::single(key), prev_kv: true }], ..Default::default() };
+    match ctx.store.txn(txn).await {
+        Err(e) => store_failure(e),
+        Ok(r) => match r.results.into_iter().next() {
+            Some(OpResult::Delete { mut prev, .. }) if !prev.is_empty() => {
+                let kv = prev.remove(0);
+                match decode_stored(&kv, r.revision, Access::Read) {
+                    Some(obj) => json_response(StatusCode::OK, &obj),
+                    None => fail(500, "InternalError", "stored object is not JSON"),
+                }
+            }
+            _ => not_found(t, name),
+        },
+    }
+}
+
+async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<String, String>, access: Access) -> Response<Body> {
+    let (labels, fields) = match selectors(query) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let prefix = keys::list_prefix(t.res, t.namespace.as_deref());
+    let rv: i64 = match query.get("resourceVersion").filter(|v| !v.is_empty()) {
+        None => 0,
+        Some(v) => match v.parse() {
+            Ok(x) => x,
+            Err(_) => return fail(400, "BadRequest", &format!("resourceVersion {v:?} is not a resource version")),
+        },
+    };
+    let timeout = query.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let line = |ty: &str, obj: Value| -> Bytes {
+        let mut b = serde_json::to_vec(&json!({"type": ty, "object": obj})).expect("json serialises");
+        b.push(b'\n');
+        Bytes::from(b)
+    };
+    tokio::spawn(async move {
+        let work = async {
+            // No resourceVersion (or "0"): start with the current objects as ADDED events.
+            let mut start = rv + 1;
+            if rv == 0 {
+                let resp = match ctx.store.range(RangeRequest { range: KeyRange::prefix(prefix.clone()), ..Default::default() }).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+                for kv in &resp.kvs {
+                    if let Some(obj) = decode_stored(kv, kv.mod_revision, access) {
+                        if labels.matches_labels(&obj) && fields.matches_fields(&obj) && tx.send(line("ADDED", obj)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                start = resp.revision + 1;
+            }
+            let mut w = ctx.store.watch(KeyRange::prefix(prefix), start, None);
+            loop {
+                match w.next().await {
+                    Ok(WatchItem::Events(evs)) => {
+                        for ev in evs {
+                            let (ty, obj) = match ev.kind {
+                                EventKind::Put => (if ev.kv.version == 1 { "ADDED" } else { "MODIFIED" }, decode_stored(&ev.kv, ev.kv.mod_revision, access)),
+                                EventKind::Delete => ("DELETED", ev.prev_kv.as_ref().and_then(|p| decode_stored(p, ev.kv.mod_revision, access))),
+                            };
+                            let Some(obj) = obj else { continue };
+                            if !(labels.matches_labels(&obj) && fields.matches_fields(&obj)) {
+                                continue;
+                            }
+                            if tx.send(line(ty, obj)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(WatchItem::Progress(_)) => {}
+                    Err(StoreError::Refused(Refusal::Compacted { compacted, .. })) => {
+                        let _ = tx.send(line("ERROR", status(410, "Expired", &format!("too old resource version: {rv} ({compacted})"), None))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(line("ERROR", status(500, "InternalError", &e.to_string(), None))).await;
+                        return;
+                    }
+                }
+            }
+        };
+        match timeout {
+            Some(d) => {
+                let _ = tokio::time::timeout(d, work).await;
+            }
+            None => work.await,
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(kapp_tls::stream_body(rx))
+        .expect("valid response")
+}
