@@ -12,6 +12,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# kubectl (the apiserver tests drive the real one): every dev/CI machine has 1.32; on a
+# fresh Debian fall back to Debian's older kubernetes-client package.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "installing kubernetes-client (kubectl)"
+  apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust >= 1.85 (https://rustup.rs) and run again" >&2
   exit 1
