@@ -5,6 +5,7 @@
 pub mod keys;
 pub mod resource;
 pub mod schema;
+pub mod table;
 pub mod validation;
 
 pub use k8s_openapi;

@@ -162,6 +162,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
     }
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query());
+    let as_table = req.headers().get_all(http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("as=Table")));
     let r = match route(&path) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -196,8 +197,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
             let method = req.method().clone();
             match (method, &t.name, &t.sub) {
                 (Method::GET, None, None) if is_true(query.get("watch")) => watch(ctx, t, &query, access).await,
-                (Method::GET, None, None) => list(&ctx, &t, &query, access).await,
-                (Method::GET, Some(name), None) => get(&ctx, &t, name, access).await,
+                (Method::GET, None, None) => list(&ctx, &t, &query, access, as_table).await,
+                (Method::GET, Some(name), None) => get(&ctx, &t, name, access, as_table).await,
                 (Method::POST, None, None) => match body_json(req).await {
                     Ok(obj) => create(&ctx, &t, obj).await,
                     Err(resp) => resp,
@@ -260,11 +261,16 @@ fn object_key(t: &Target, name: &str) -> String {
     keys::object_key(t.res, t.namespace.as_deref().unwrap_or(""), name)
 }
 
-async fn get(ctx: &Ctx, t: &Target, name: &str, access: Access) -> Response<Body> {
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn get(ctx: &Ctx, t: &Target, name: &str, access: Access, as_table: bool) -> Response<Body> {
     match ctx.store.get(object_key(t, name)).await {
         Err(e) => store_failure(e),
         Ok(None) => not_found(t, name),
         Ok(Some(kv)) => match decode_stored(&kv, kv.mod_revision, access) {
+            Some(obj) if as_table => json_response(StatusCode::OK, &kapp_api::table::table(t.res.kind, &[obj], &kv.mod_revision.to_string(), None, unix_now())),
             Some(obj) => json_response(StatusCode::OK, &obj),
             None => fail(500, "InternalError", "stored object is not JSON"),
         },
@@ -282,7 +288,7 @@ fn selectors(query: &std::collections::HashMap<String, String>) -> Result<(Selec
     Ok((l, f))
 }
 
-async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, String>, access: Access) -> Response<Body> {
+async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, String>, access: Access, as_table: bool) -> Response<Body> {
     let (labels, fields) = match selectors(query) {
         Ok(s) => s,
         Err(r) => return r,
@@ -330,9 +336,13 @@ async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, S
             break;
         }
     }
+    let token = next_key.map(|k| encode_continue(&k, read_rev));
+    if as_table {
+        return json_response(StatusCode::OK, &kapp_api::table::table(t.res.kind, &items, &read_rev.to_string(), token.as_deref(), unix_now()));
+    }
     let mut meta = json!({"resourceVersion": read_rev.to_string()});
-    if let Some(k) = next_key {
-        meta["continue"] = json!(encode_continue(&k, read_rev));
+    if let Some(c) = token {
+        meta["continue"] = json!(c);
     }
     let list_kind = format!("{}List", t.res.kind);
     json_response(StatusCode::OK, &json!({"kind": list_kind, "apiVersion": t.res.api_version(), "metadata": meta, "items": items}))

@@ -94,6 +94,12 @@ async fn kubectl_reads_and_writes_through_the_apiserver() {
     // Reads with the viewer identity.
     let (ok, out, err) = run(&viewer, &["get", "deployments", "-A"], None).await;
     assert!(ok && out.contains("web"), "{out}{err}");
+    // Server-side printing: the kind's own columns.
+    let header = out.lines().next().unwrap_or("").split_whitespace().collect::<Vec<_>>();
+    assert_eq!(header, ["NAMESPACE", "NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "{out}");
+    assert!(out.lines().nth(1).unwrap_or("").contains("0/3"), "{out}");
+    let (ok, out, err) = run(&viewer, &["get", "secret", "db", "-n", "shop"], None).await;
+    assert!(ok && out.contains("Opaque") && out.contains("TYPE"), "{out}{err}");
     let (ok, out, err) = run(&viewer, &["get", "deploy", "web", "-n", "shop", "-o", "json"], None).await;
     assert!(ok, "{err}");
     let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
