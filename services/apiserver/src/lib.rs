@@ -9,6 +9,7 @@
 //! JSON; `resourceVersion` is the store's `mod_revision`.
 
 mod authz;
+mod patch;
 mod selector;
 mod util;
 
@@ -208,6 +209,16 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
                     Err(resp) => resp,
                 },
                 (Method::DELETE, Some(name), None) => delete(&ctx, &t, name).await,
+                (Method::PATCH, Some(name), None) => {
+                    let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let Some(kind) = patch::PatchType::from_content_type(&ct) else {
+                        return fail(415, "UnsupportedMediaType", &format!("the body of a patch must be a merge, JSON or strategic merge patch, not {ct:?}"));
+                    };
+                    match body_json(req).await {
+                        Ok(p) => patch_object(&ctx, &t, name, kind, &p).await,
+                        Err(resp) => resp,
+                    }
+                }
                 (m, _, Some(sub)) => fail(405, "MethodNotAllowed", &format!("{m} on subresource {sub} is not supported yet")),
                 (m, _, _) => fail(405, "MethodNotAllowed", &format!("{m} is not supported on {path}")),
             }
@@ -225,7 +236,7 @@ fn resource_list(group: &str, version: &str) -> Value {
         resources.push(json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
             "shortNames": r.short_names,
-            "verbs": ["create", "delete", "get", "list", "update", "watch"],
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
         }));
         for s in r.subresources {
             resources.push(json!({"name": format!("{}/{}", r.plural, s.name()), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get"]}));
@@ -454,6 +465,52 @@ async fn update(ctx: &Ctx, t: &Target, name: &str, mut obj: Value) -> Response<B
             json_response(StatusCode::OK, &obj)
         }
     }
+}
+
+/// Patches race with other writers: re-read and re-apply a few times before giving up.
+const PATCH_ATTEMPTS: usize = 5;
+
+async fn patch_object(ctx: &Ctx, t: &Target, name: &str, kind: patch::PatchType, p: &Value) -> Response<Body> {
+    let key = object_key(t, name);
+    for _ in 0..PATCH_ATTEMPTS {
+        let current = match ctx.store.get(key.clone()).await {
+            Err(e) => return store_failure(e),
+            Ok(None) => return not_found(t, name),
+            Ok(Some(kv)) => kv,
+        };
+        let stored: Value = match serde_json::from_slice(&current.value) {
+            Ok(v) => v,
+            Err(_) => return fail(500, "InternalError", "stored object is not JSON"),
+        };
+        let mut obj = match patch::apply(kind, &stored, p) {
+            Ok(o) => o,
+            Err(e) => return fail(422, "Invalid", &format!("the patch cannot be applied: {e}")),
+        };
+        if let Err(r) = settle_namespace(t, &mut obj) {
+            return r;
+        }
+        if obj["metadata"]["name"].as_str() != Some(name) {
+            return fail(400, "BadRequest", "a patch may not change the object's name");
+        }
+        if let Err(errors) = validate(t.res, &obj) {
+            return invalid(t, name, errors);
+        }
+        let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
+        meta.remove("resourceVersion");
+        meta.insert("uid".into(), stored["metadata"]["uid"].clone());
+        meta.insert("creationTimestamp".into(), stored["metadata"]["creationTimestamp"].clone());
+        let value = serde_json::to_vec(&obj).expect("json serialises");
+        let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), current.mod_revision)], success: vec![Op::Put { key: key.clone().into_bytes(), value, prev_kv: false }], failure: vec![] };
+        match ctx.store.txn(txn).await {
+            Err(e) => return store_failure(e),
+            Ok(r) if r.succeeded => {
+                obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
+                return json_response(StatusCode::OK, &obj);
+            }
+            Ok(_) => continue,
+        }
+    }
+    fail(409, "Conflict", &format!("{} \"{name}\" kept changing while the patch was applied; try again", t.res.plural))
 }
 
 async fn delete(ctx: &Ctx, t: &Target, name: &str) -> Response<Body> {

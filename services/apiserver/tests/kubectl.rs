@@ -141,6 +141,21 @@ async fn kubectl_reads_and_writes_through_the_apiserver() {
     let seen = watcher.await.unwrap();
     assert!(seen.lines().any(|l| l == "5"), "the watch did not see the update: {seen:?}");
 
+    // Patches, as kubectl sends them: strategic merge (scale-like), JSON merge, JSON patch.
+    let (ok, _, err) = run(&writer, &["patch", "deploy", "web", "-n", "shop", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"web:2"}]}}}}"#], None).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&writer, &["patch", "deploy", "web", "-n", "shop", "--type=merge", "-p", r#"{"metadata":{"labels":{"patched":"yes"}}}"#], None).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&writer, &["patch", "deploy", "web", "-n", "shop", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":6}]"#], None).await;
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(&viewer, &["get", "deploy", "web", "-n", "shop", "-o", "json"], None).await;
+    let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && obj["spec"]["replicas"] == 6 && obj["metadata"]["labels"]["patched"] == "yes", "{out}");
+    assert_eq!(obj["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(obj["spec"]["template"]["spec"]["containers"][0]["image"], "web:2");
+    let (ok, _, err) = run(&writer, &["patch", "deploy", "web", "-n", "shop", "--type=merge", "-p", r#"{"spec":{"replicas":"many"}}"#], None).await;
+    assert!(!ok && err.contains("spec.replicas"), "an invalid patch is refused with the field: {err}");
+
     // An update from a stale resourceVersion is refused with 409.
     let stale = DEPLOY.replace("\"labels\":{\"app\":\"web\"}}", &format!("\"labels\":{{\"app\":\"web\"}},\"resourceVersion\":\"{rv}\"}}")).replace("\"replicas\":3", "\"replicas\":7");
     let (ok, _, err) = run(&writer, &["replace", "--validate=false", "-f", "-"], Some(&stale)).await;
