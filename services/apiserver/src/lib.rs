@@ -209,13 +209,22 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
                     Err(resp) => resp,
                 },
                 (Method::DELETE, Some(name), None) => delete(&ctx, &t, name).await,
-                (Method::PATCH, Some(name), None) => {
+                (Method::GET, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => get(&ctx, &t, name, access, as_table).await,
+                (Method::PUT, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => match body_json(req).await {
+                    Ok(obj) => update_status(&ctx, &t, name, obj).await,
+                    Err(resp) => resp,
+                },
+                (Method::POST, Some(name), Some(sub)) if sub == "binding" && t.res.has(kapp_api::Subresource::Binding) => match body_json(req).await {
+                    Ok(b) => bind(&ctx, &t, name, b).await,
+                    Err(resp) => resp,
+                },
+                (Method::PATCH, Some(name), sub) if sub.is_none() || (sub.as_deref() == Some("status") && t.res.has(kapp_api::Subresource::Status)) => {
                     let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                     let Some(kind) = patch::PatchType::from_content_type(&ct) else {
                         return fail(415, "UnsupportedMediaType", &format!("the body of a patch must be a merge, JSON or strategic merge patch, not {ct:?}"));
                     };
                     match body_json(req).await {
-                        Ok(p) => patch_object(&ctx, &t, name, kind, &p).await,
+                        Ok(p) => patch_object(&ctx, &t, name, kind, &p, sub.is_some()).await,
                         Err(resp) => resp,
                     }
                 }
@@ -410,6 +419,12 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     if let Err(errors) = validate(t.res, &obj) {
         return invalid(t, &name, errors);
     }
+    if t.res.has(kapp_api::Subresource::Status) {
+        // Status is written through the status subresource only, as in Kubernetes.
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+    }
     let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
     meta.remove("resourceVersion");
     meta.insert("uid".into(), json!(util::uuid4()));
@@ -427,52 +442,23 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     }
 }
 
-async fn update(ctx: &Ctx, t: &Target, name: &str, mut obj: Value) -> Response<Body> {
-    if let Err(r) = settle_namespace(t, &mut obj) {
-        return r;
-    }
-    if obj["metadata"]["name"].as_str() != Some(name) {
-        return fail(400, "BadRequest", &format!("the name of the object does not match the name on the URL ({name})"));
-    }
-    if let Err(errors) = validate(t.res, &obj) {
-        return invalid(t, name, errors);
-    }
-    let key = object_key(t, name);
-    let current = match ctx.store.get(key.clone()).await {
-        Err(e) => return store_failure(e),
-        Ok(None) => return not_found(t, name),
-        Ok(Some(kv)) => kv,
-    };
-    let stored: Value = serde_json::from_slice(&current.value).unwrap_or(Value::Null);
-    let expected = match obj["metadata"]["resourceVersion"].as_str() {
-        None | Some("") => current.mod_revision,
-        Some(rv) => match rv.parse::<i64>() {
-            Ok(v) => v,
-            Err(_) => return fail(400, "BadRequest", &format!("metadata.resourceVersion {rv:?} is not a resource version")),
-        },
-    };
-    let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
-    meta.remove("resourceVersion");
-    meta.insert("uid".into(), stored["metadata"]["uid"].clone());
-    meta.insert("creationTimestamp".into(), stored["metadata"]["creationTimestamp"].clone());
-    let value = serde_json::to_vec(&obj).expect("json serialises");
-    let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), expected)], success: vec![Op::Put { key: key.into_bytes(), value, prev_kv: false }], failure: vec![] };
-    match ctx.store.txn(txn).await {
-        Err(e) => store_failure(e),
-        Ok(r) if !r.succeeded => json_response(StatusCode::CONFLICT, &status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", t.res.plural), None)),
-        Ok(r) => {
-            obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
-            json_response(StatusCode::OK, &obj)
-        }
-    }
+/// Read-modify-write attempts before a write that keeps racing gives up.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// What a write makes of the stored object.
+enum Change {
+    /// The new object (validated and stored if the stored object is still `mod_revision`).
+    To(Value),
+    /// Refuse with this response.
+    Refuse(Response<Body>),
 }
 
-/// Patches race with other writers: re-read and re-apply a few times before giving up.
-const PATCH_ATTEMPTS: usize = 5;
-
-async fn patch_object(ctx: &Ctx, t: &Target, name: &str, kind: patch::PatchType, p: &Value) -> Response<Body> {
+/// Read the object, let `change` compute its new state, validate, and store it if nobody
+/// wrote in between (`expect`: the resourceVersion the client based its change on, if it
+/// gave one); retried on races when the client gave none.
+async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change: impl Fn(&Value) -> Change) -> Response<Body> {
     let key = object_key(t, name);
-    for _ in 0..PATCH_ATTEMPTS {
+    for _ in 0..WRITE_ATTEMPTS {
         let current = match ctx.store.get(key.clone()).await {
             Err(e) => return store_failure(e),
             Ok(None) => return not_found(t, name),
@@ -482,15 +468,15 @@ async fn patch_object(ctx: &Ctx, t: &Target, name: &str, kind: patch::PatchType,
             Ok(v) => v,
             Err(_) => return fail(500, "InternalError", "stored object is not JSON"),
         };
-        let mut obj = match patch::apply(kind, &stored, p) {
-            Ok(o) => o,
-            Err(e) => return fail(422, "Invalid", &format!("the patch cannot be applied: {e}")),
+        let mut obj = match change(&stored) {
+            Change::To(o) => o,
+            Change::Refuse(r) => return r,
         };
         if let Err(r) = settle_namespace(t, &mut obj) {
             return r;
         }
         if obj["metadata"]["name"].as_str() != Some(name) {
-            return fail(400, "BadRequest", "a patch may not change the object's name");
+            return fail(400, "BadRequest", &format!("the name of the object does not match the name on the URL ({name})"));
         }
         if let Err(errors) = validate(t.res, &obj) {
             return invalid(t, name, errors);
@@ -500,17 +486,94 @@ async fn patch_object(ctx: &Ctx, t: &Target, name: &str, kind: patch::PatchType,
         meta.insert("uid".into(), stored["metadata"]["uid"].clone());
         meta.insert("creationTimestamp".into(), stored["metadata"]["creationTimestamp"].clone());
         let value = serde_json::to_vec(&obj).expect("json serialises");
-        let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), current.mod_revision)], success: vec![Op::Put { key: key.clone().into_bytes(), value, prev_kv: false }], failure: vec![] };
+        let base = expect.unwrap_or(current.mod_revision);
+        let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), base)], success: vec![Op::Put { key: key.clone().into_bytes(), value, prev_kv: false }], failure: vec![] };
         match ctx.store.txn(txn).await {
             Err(e) => return store_failure(e),
             Ok(r) if r.succeeded => {
                 obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
                 return json_response(StatusCode::OK, &obj);
             }
+            Ok(_) if expect.is_some() => break,
             Ok(_) => continue,
         }
     }
-    fail(409, "Conflict", &format!("{} \"{name}\" kept changing while the patch was applied; try again", t.res.plural))
+    json_response(StatusCode::CONFLICT, &status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", t.res.plural), None))
+}
+
+/// The resourceVersion a client's object says it was based on.
+fn expected_version(obj: &Value) -> Result<Option<i64>, Response<Body>> {
+    match obj["metadata"]["resourceVersion"].as_str() {
+        None | Some("") => Ok(None),
+        Some(rv) => rv.parse::<i64>().map(Some).map_err(|_| fail(400, "BadRequest", &format!("metadata.resourceVersion {rv:?} is not a resource version"))),
+    }
+}
+
+/// For kinds with a status subresource, the main resource never changes status and the
+/// status subresource changes nothing else.
+fn keep_status(t: &Target, stored: &Value, mut new: Value) -> Value {
+    if t.res.has(kapp_api::Subresource::Status) {
+        match stored.get("status") {
+            Some(st) => new["status"] = st.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    new
+}
+
+fn only_status(stored: &Value, new: &Value) -> Value {
+    let mut out = stored.clone();
+    out["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+    out
+}
+
+async fn update(ctx: &Ctx, t: &Target, name: &str, obj: Value) -> Response<Body> {
+    let expect = match expected_version(&obj) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    rewrite(ctx, t, name, expect, |stored| Change::To(keep_status(t, stored, obj.clone()))).await
+}
+
+async fn update_status(ctx: &Ctx, t: &Target, name: &str, obj: Value) -> Response<Body> {
+    let expect = match expected_version(&obj) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    rewrite(ctx, t, name, expect, |stored| Change::To(only_status(stored, &obj))).await
+}
+
+async fn patch_object(ctx: &Ctx, t: &Target, name: &str, kind: patch::PatchType, p: &Value, status_only: bool) -> Response<Body> {
+    rewrite(ctx, t, name, None, |stored| match patch::apply(kind, stored, p) {
+        Ok(o) if status_only => Change::To(only_status(stored, &o)),
+        Ok(o) => Change::To(keep_status(t, stored, o)),
+        Err(e) => Change::Refuse(fail(422, "Invalid", &format!("the patch cannot be applied: {e}"))),
+    })
+    .await
+}
+
+/// `pods/binding`: the scheduler's way to put a pod on a node, once.
+async fn bind(ctx: &Ctx, t: &Target, name: &str, binding: Value) -> Response<Body> {
+    let Some(node) = binding["target"]["name"].as_str().filter(|n| !n.is_empty()).map(String::from) else {
+        return fail(422, "Invalid", "target.name: Required value: the node to bind to");
+    };
+    let resp = rewrite(ctx, t, name, None, |stored| match stored["spec"]["nodeName"].as_str() {
+        Some(n) if !n.is_empty() => Change::Refuse(json_response(StatusCode::CONFLICT, &status(409, "Conflict", &format!("pod {name} is already assigned to node {n:?}"), None))),
+        _ => {
+            let mut o = stored.clone();
+            o["spec"]["nodeName"] = json!(node);
+            Change::To(o)
+        }
+    })
+    .await;
+    if resp.status() == StatusCode::OK {
+        return json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}));
+    }
+    resp
 }
 
 async fn delete(ctx: &Ctx, t: &Target, name: &str) -> Response<Body> {

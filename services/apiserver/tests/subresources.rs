@@ -1,0 +1,83 @@
+//! Status and binding subresources over HTTP/2 with a writer identity: status writes change
+//! only status, main writes never change status, a pod binds to a node once.
+
+use http_body_util::BodyExt;
+use kapp_apiserver::{ApiServer, ApiServerConfig, GITOPS};
+use kapp_store::testing::TestCluster;
+use kapp_tls::H2Client;
+use serde_json::{json, Value};
+
+async fn call(c: &H2Client, method: &str, path: &str, body: Option<Value>, ct: &str) -> (u16, Value) {
+    let req = http::Request::builder().method(method).uri(path).header("content-type", ct);
+    let body = match body {
+        Some(b) => kapp_tls::full(serde_json::to_vec(&b).unwrap()),
+        None => kapp_tls::empty(),
+    };
+    let resp = c.send(req.body(body).unwrap()).await.unwrap();
+    let code = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_binding_subresources() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestCluster::start(1, dir.path()).await;
+    let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 16 }, listener).await.unwrap();
+    let tls = kapp_tls::client_config(&store.pki.ca.issue("gitops", &[GITOPS], &[]).unwrap()).unwrap();
+    let c = H2Client::new(api.addr.to_string(), tls);
+    let j = "application/json";
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]},
+        "status": {"phase": "Running"}});
+    let (code, created) = call(&c, "POST", pods, Some(pod), j).await;
+    assert_eq!(code, 201, "{created}");
+    assert!(created.get("status").is_none(), "create through the main resource sets no status");
+
+    // Status write: only status changes, even if the body changes spec.
+    let mut st = created.clone();
+    st["status"] = json!({"phase": "Running", "podIP": "10.1.0.2"});
+    st["spec"]["containers"][0]["image"] = json!("sneaky");
+    let (code, after) = call(&c, "PUT", &format!("{pods}/p/status"), Some(st), j).await;
+    assert_eq!(code, 200, "{after}");
+    assert_eq!(after["status"]["podIP"], "10.1.0.2");
+    assert_eq!(after["spec"]["containers"][0]["image"], "i");
+
+    // Main write: status is kept as stored.
+    let mut upd = after.clone();
+    upd["status"] = json!({"phase": "Failed"});
+    upd["metadata"]["labels"] = json!({"a": "b"});
+    let (code, after2) = call(&c, "PUT", &format!("{pods}/p"), Some(upd), j).await;
+    assert_eq!(code, 200, "{after2}");
+    assert_eq!(after2["status"]["phase"], "Running");
+    assert_eq!(after2["metadata"]["labels"]["a"], "b");
+
+    // A stale resourceVersion on the status subresource is a conflict too.
+    let (code, _) = call(&c, "PUT", &format!("{pods}/p/status"), Some(after.clone()), j).await;
+    assert_eq!(code, 409);
+
+    // Status patch.
+    let (code, p2) = call(&c, "PATCH", &format!("{pods}/p/status"), Some(json!({"status": {"phase": "Succeeded"}})), "application/merge-patch+json").await;
+    assert_eq!(code, 200, "{p2}");
+    assert_eq!(p2["status"]["phase"], "Succeeded");
+    assert_eq!(p2["metadata"]["labels"]["a"], "b");
+
+    // Binding: once.
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
+    let (code, _) = call(&c, "POST", &format!("{pods}/p/binding"), Some(binding.clone()), j).await;
+    assert_eq!(code, 201);
+    let (_, got) = call(&c, "GET", &format!("{pods}/p"), None, j).await;
+    assert_eq!(got["spec"]["nodeName"], "n1");
+    let (code, body) = call(&c, "POST", &format!("{pods}/p/binding"), Some(binding), j).await;
+    assert_eq!(code, 409, "{body}");
+    let (code, _) = call(&c, "POST", &format!("{pods}/p/binding"), Some(json!({"target": {}})), j).await;
+    assert_eq!(code, 422);
+    // Unknown subresources and kinds without status say so.
+    let (code, _) = call(&c, "PUT", "/api/v1/namespaces/default/configmaps/x/status", Some(json!({})), j).await;
+    assert_eq!(code, 405);
+
+    api.shutdown().await;
+    store.shutdown().await;
+}
