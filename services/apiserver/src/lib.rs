@@ -9,6 +9,7 @@
 //! JSON; `resourceVersion` is the store's `mod_revision`.
 
 mod authz;
+mod codec;
 mod patch;
 mod selector;
 mod util;
@@ -44,6 +45,19 @@ pub struct ApiServerConfig {
     pub tls: Pem,
     pub store: StoreClient,
     pub max_connections: usize,
+    /// 32 bytes: Secrets are stored sealed with AES-256-GCM under this key.
+    pub secret_key: Option<Vec<u8>>,
+}
+
+/// Why the apiserver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] kapp_tls::TlsError),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    #[error("secret encryption: {0}")]
+    Codec(#[from] codec::CodecError),
 }
 
 /// A running apiserver.
@@ -55,14 +69,16 @@ pub struct ApiServer {
 
 struct Ctx {
     store: StoreClient,
+    codec: codec::Codec,
 }
 
 impl ApiServer {
     /// Serve on `listener` until `shutdown`.
-    pub async fn start(cfg: ApiServerConfig, listener: TcpListener) -> Result<ApiServer, kapp_tls::TlsError> {
+    pub async fn start(cfg: ApiServerConfig, listener: TcpListener) -> Result<ApiServer, StartError> {
         let tls = kapp_tls::server_config(&cfg.tls, ClientAuth::Optional)?;
-        let addr = listener.local_addr().map_err(|e| kapp_tls::TlsError::Io { path: "listener".into(), source: e })?;
-        let ctx = Arc::new(Ctx { store: cfg.store });
+        let addr = listener.local_addr().map_err(StartError::Listener)?;
+        let codec = codec::Codec::new(cfg.secret_key.as_deref())?;
+        let ctx = Arc::new(Ctx { store: cfg.store, codec });
         let (stop, rx) = oneshot::channel::<()>();
         let handler = move |req, who| {
             let ctx = ctx.clone();
@@ -265,8 +281,14 @@ async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
 }
 
 /// An object as stored, with `resourceVersion` from the store; Secret data hidden from viewers.
-fn decode_stored(kv: &KeyValue, rv: i64, access: Access) -> Option<Value> {
-    let mut obj: Value = serde_json::from_slice(&kv.value).ok()?;
+fn decode_stored(ctx: &Ctx, kv: &KeyValue, rv: i64, access: Access) -> Option<Value> {
+    let mut obj = match ctx.codec.decode(&kv.value) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(key = %String::from_utf8_lossy(&kv.key), error = %e, "unreadable stored object");
+            return None;
+        }
+    };
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
     if access == Access::View && obj["kind"] == "Secret" {
         if let Some(m) = obj.as_object_mut() {
@@ -289,7 +311,7 @@ async fn get(ctx: &Ctx, t: &Target, name: &str, access: Access, as_table: bool) 
     match ctx.store.get(object_key(t, name)).await {
         Err(e) => store_failure(e),
         Ok(None) => not_found(t, name),
-        Ok(Some(kv)) => match decode_stored(&kv, kv.mod_revision, access) {
+        Ok(Some(kv)) => match decode_stored(ctx, &kv, kv.mod_revision, access) {
             Some(obj) if as_table => json_response(StatusCode::OK, &kapp_api::table::table(t.res.kind, &[obj], &kv.mod_revision.to_string(), None, unix_now())),
             Some(obj) => json_response(StatusCode::OK, &obj),
             None => fail(500, "InternalError", "stored object is not JSON"),
@@ -346,7 +368,7 @@ async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, S
             }
             cursor = kv.key.clone();
             cursor.push(0);
-            if let Some(obj) = decode_stored(&kv, kv.mod_revision, access) {
+            if let Some(obj) = decode_stored(ctx, &kv, kv.mod_revision, access) {
                 if labels.matches_labels(&obj) && fields.matches_fields(&obj) {
                     items.push(obj);
                 }
@@ -430,7 +452,7 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     meta.insert("uid".into(), json!(util::uuid4()));
     meta.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
     let key = object_key(t, &name);
-    let value = serde_json::to_vec(&obj).expect("json serialises");
+    let value = ctx.codec.encode(t.res.kind, &obj);
     let txn = Txn { compare: vec![Compare::absent(key.clone())], success: vec![Op::Put { key: key.into_bytes(), value, prev_kv: false }], failure: vec![] };
     match ctx.store.txn(txn).await {
         Err(e) => store_failure(e),
@@ -464,9 +486,9 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
             Ok(None) => return not_found(t, name),
             Ok(Some(kv)) => kv,
         };
-        let stored: Value = match serde_json::from_slice(&current.value) {
+        let stored: Value = match ctx.codec.decode(&current.value) {
             Ok(v) => v,
-            Err(_) => return fail(500, "InternalError", "stored object is not JSON"),
+            Err(e) => return fail(500, "InternalError", &e.to_string()),
         };
         let mut obj = match change(&stored) {
             Change::To(o) => o,
@@ -485,7 +507,7 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
         meta.remove("resourceVersion");
         meta.insert("uid".into(), stored["metadata"]["uid"].clone());
         meta.insert("creationTimestamp".into(), stored["metadata"]["creationTimestamp"].clone());
-        let value = serde_json::to_vec(&obj).expect("json serialises");
+        let value = ctx.codec.encode(t.res.kind, &obj);
         let base = expect.unwrap_or(current.mod_revision);
         let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), base)], success: vec![Op::Put { key: key.clone().into_bytes(), value, prev_kv: false }], failure: vec![] };
         match ctx.store.txn(txn).await {
@@ -584,7 +606,7 @@ async fn delete(ctx: &Ctx, t: &Target, name: &str) -> Response<Body> {
         Ok(r) => match r.results.into_iter().next() {
             Some(OpResult::Delete { mut prev, .. }) if !prev.is_empty() => {
                 let kv = prev.remove(0);
-                match decode_stored(&kv, r.revision, Access::Read) {
+                match decode_stored(ctx, &kv, r.revision, Access::Read) {
                     Some(obj) => json_response(StatusCode::OK, &obj),
                     None => fail(500, "InternalError", "stored object is not JSON"),
                 }
@@ -624,7 +646,7 @@ async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<Strin
                     Err(_) => return,
                 };
                 for kv in &resp.kvs {
-                    if let Some(obj) = decode_stored(kv, kv.mod_revision, access) {
+                    if let Some(obj) = decode_stored(&ctx, kv, kv.mod_revision, access) {
                         if labels.matches_labels(&obj) && fields.matches_fields(&obj) && tx.send(line("ADDED", obj)).await.is_err() {
                             return;
                         }
@@ -638,8 +660,8 @@ async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<Strin
                     Ok(WatchItem::Events(evs)) => {
                         for ev in evs {
                             let (ty, obj) = match ev.kind {
-                                EventKind::Put => (if ev.kv.version == 1 { "ADDED" } else { "MODIFIED" }, decode_stored(&ev.kv, ev.kv.mod_revision, access)),
-                                EventKind::Delete => ("DELETED", ev.prev_kv.as_ref().and_then(|p| decode_stored(p, ev.kv.mod_revision, access))),
+                                EventKind::Put => (if ev.kv.version == 1 { "ADDED" } else { "MODIFIED" }, decode_stored(&ctx, &ev.kv, ev.kv.mod_revision, access)),
+                                EventKind::Delete => ("DELETED", ev.prev_kv.as_ref().and_then(|p| decode_stored(&ctx, p, ev.kv.mod_revision, access))),
                             };
                             let Some(obj) = obj else { continue };
                             if !(labels.matches_labels(&obj) && fields.matches_fields(&obj)) {

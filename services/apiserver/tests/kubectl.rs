@@ -50,7 +50,7 @@ async fn kubectl_reads_and_writes_through_the_apiserver() {
     let store = TestCluster::start(1, dir.path()).await;
     let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 64 }, listener).await.unwrap();
+    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 64, secret_key: Some(vec![9u8; 32]) }, listener).await.unwrap();
     let server = api.addr.to_string();
     let writer = kubeconfig(dir.path(), "gitops", &server, &store.pki.ca.issue("gitops", &[GITOPS], &[]).unwrap());
     let viewer = kubeconfig(dir.path(), "viewer", &server, &store.pki.ca.issue("alice", &[VIEWERS], &[]).unwrap());
@@ -116,6 +116,28 @@ async fn kubectl_reads_and_writes_through_the_apiserver() {
     assert!(ok && !out.contains("aHVudGVyMg==") && !out.contains("\"data\""), "a viewer saw secret data: {out}");
     let (ok, out, _) = run(&writer, &["get", "secret", "db", "-n", "shop", "-o", "json"], None).await;
     assert!(ok && out.contains("aHVudGVyMg=="), "{out}");
+    // Encrypted at rest: the Secret's data is in none of the store's files, while a
+    // ConfigMap's (stored in the clear) is — which shows the scan can find things.
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"plain","namespace":"shop"},"data":{"k":"plain-marker-4711"}}"#;
+    let (ok, _, err) = run(&writer, &["create", "--validate=false", "-f", "-"], Some(cm)).await;
+    assert!(ok, "{err}");
+    let found = |needle: &[u8]| {
+        let mut hit = false;
+        let mut stack = vec![dir.path().join("m1")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(bytes) = std::fs::read(&p) {
+                    hit |= bytes.windows(needle.len()).any(|w| w == needle);
+                }
+            }
+        }
+        hit
+    };
+    assert!(found(b"plain-marker-4711"), "the scan finds a ConfigMap value in the store's files");
+    assert!(!found(b"aHVudGVyMg=="), "a Secret's data reached the store's files in the clear");
 
     // A viewer cannot write, and nothing changes.
     let (ok, _, err) = run(&viewer, &["delete", "deploy", "web", "-n", "shop"], None).await;

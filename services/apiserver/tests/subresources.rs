@@ -25,7 +25,7 @@ async fn status_and_binding_subresources() {
     let store = TestCluster::start(1, dir.path()).await;
     let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 16 }, listener).await.unwrap();
+    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 16, secret_key: None }, listener).await.unwrap();
     let tls = kapp_tls::client_config(&store.pki.ca.issue("gitops", &[GITOPS], &[]).unwrap()).unwrap();
     let c = H2Client::new(api.addr.to_string(), tls);
     let j = "application/json";

@@ -56,6 +56,9 @@ struct ApiserverArgs {
     /// The serving certificate, also used as the store client identity (kapp:store-client).
     #[command(flatten)]
     tls: TlsArgs,
+    /// File with the 32-byte key (raw, or 64 hex characters) Secrets are encrypted with at rest.
+    #[arg(long)]
+    secret_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -156,7 +159,19 @@ async fn run_apiserver(a: ApiserverArgs) -> Result<()> {
     let endpoints = a.store.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     let store = kapp_store_client::StoreClient::new(kapp_store_client::ClientConfig::new(endpoints, tls.clone()))?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
-    let api = kapp_apiserver::ApiServer::start(kapp_apiserver::ApiServerConfig { tls, store, max_connections: 1024 }, listener).await?;
+    let secret_key = match &a.secret_key_file {
+        None => None,
+        Some(p) => {
+            let raw = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+            let text = String::from_utf8_lossy(&raw).trim().to_string();
+            if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+                Some((0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16)).collect::<Result<Vec<u8>, _>>()?)
+            } else {
+                Some(raw)
+            }
+        }
+    };
+    let api = kapp_apiserver::ApiServer::start(kapp_apiserver::ApiServerConfig { tls, store, max_connections: 1024, secret_key }, listener).await?;
     println!("kapp apiserver listening on {}", api.addr);
     shutdown_signal().await;
     api.shutdown().await;
