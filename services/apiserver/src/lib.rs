@@ -47,6 +47,8 @@ pub struct ApiServerConfig {
     pub max_connections: usize,
     /// 32 bytes: Secrets are stored sealed with AES-256-GCM under this key.
     pub secret_key: Option<Vec<u8>>,
+    /// Append one JSON line per mutating request (who, verb, object, result) to this file.
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 /// Why the apiserver could not start.
@@ -58,6 +60,8 @@ pub enum StartError {
     Listener(std::io::Error),
     #[error("secret encryption: {0}")]
     Codec(#[from] codec::CodecError),
+    #[error("audit log {0}: {1}")]
+    Audit(std::path::PathBuf, std::io::Error),
 }
 
 /// A running apiserver.
@@ -70,6 +74,24 @@ pub struct ApiServer {
 struct Ctx {
     store: StoreClient,
     codec: codec::Codec,
+    audit: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+/// Audit lines waiting for the writer at most; requests wait beyond that (never dropped).
+const AUDIT_QUEUE: usize = 1024;
+
+fn start_audit(path: &std::path::Path) -> std::io::Result<mpsc::Sender<Vec<u8>>> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(AUDIT_QUEUE);
+    std::thread::Builder::new().name("apiserver-audit".into()).spawn(move || {
+        while let Some(line) = rx.blocking_recv() {
+            if let Err(e) = file.write_all(&line).and_then(|_| file.flush()) {
+                tracing::error!(error = %e, "writing the audit log");
+            }
+        }
+    })?;
+    Ok(tx)
 }
 
 impl ApiServer {
@@ -78,7 +100,11 @@ impl ApiServer {
         let tls = kapp_tls::server_config(&cfg.tls, ClientAuth::Optional)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         let codec = codec::Codec::new(cfg.secret_key.as_deref())?;
-        let ctx = Arc::new(Ctx { store: cfg.store, codec });
+        let audit = match &cfg.audit_log {
+            None => None,
+            Some(p) => Some(start_audit(p).map_err(|e| StartError::Audit(p.clone(), e))?),
+        };
+        let ctx = Arc::new(Ctx { store: cfg.store, codec, audit });
         let (stop, rx) = oneshot::channel::<()>();
         let handler = move |req, who| {
             let ctx = ctx.clone();
@@ -210,44 +236,63 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
             json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
         }
         Route::ResourceList(g, v) => json_response(StatusCode::OK, &resource_list(g, v)),
-        Route::Object(t) => {
-            let method = req.method().clone();
-            match (method, &t.name, &t.sub) {
-                (Method::GET, None, None) if is_true(query.get("watch")) => watch(ctx, t, &query, access).await,
-                (Method::GET, None, None) => list(&ctx, &t, &query, access, as_table).await,
-                (Method::GET, Some(name), None) => get(&ctx, &t, name, access, as_table).await,
-                (Method::POST, None, None) => match body_json(req).await {
-                    Ok(obj) => create(&ctx, &t, obj).await,
-                    Err(resp) => resp,
-                },
-                (Method::PUT, Some(name), None) => match body_json(req).await {
-                    Ok(obj) => update(&ctx, &t, name, obj).await,
-                    Err(resp) => resp,
-                },
-                (Method::DELETE, Some(name), None) => delete(&ctx, &t, name).await,
-                (Method::GET, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => get(&ctx, &t, name, access, as_table).await,
-                (Method::PUT, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => match body_json(req).await {
-                    Ok(obj) => update_status(&ctx, &t, name, obj).await,
-                    Err(resp) => resp,
-                },
-                (Method::POST, Some(name), Some(sub)) if sub == "binding" && t.res.has(kapp_api::Subresource::Binding) => match body_json(req).await {
-                    Ok(b) => bind(&ctx, &t, name, b).await,
-                    Err(resp) => resp,
-                },
-                (Method::PATCH, Some(name), sub) if sub.is_none() || (sub.as_deref() == Some("status") && t.res.has(kapp_api::Subresource::Status)) => {
-                    let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                    let Some(kind) = patch::PatchType::from_content_type(&ct) else {
-                        return fail(415, "UnsupportedMediaType", &format!("the body of a patch must be a merge, JSON or strategic merge patch, not {ct:?}"));
-                    };
-                    match body_json(req).await {
-                        Ok(p) => patch_object(&ctx, &t, name, kind, &p, sub.is_some()).await,
-                        Err(resp) => resp,
-                    }
-                }
-                (m, _, Some(sub)) => fail(405, "MethodNotAllowed", &format!("{m} on subresource {sub} is not supported yet")),
-                (m, _, _) => fail(405, "MethodNotAllowed", &format!("{m} is not supported on {path}")),
+        Route::Object(t) if writes => {
+            let verb = req.method().as_str().to_lowercase();
+            let (res, ns, name, sub) = (t.res, t.namespace.clone(), t.name.clone(), t.sub.clone());
+            let resp = object(ctx.clone(), t, req, &query, access, as_table).await;
+            if let Some(a) = &ctx.audit {
+                let mut line = serde_json::to_vec(&json!({
+                    "time": util::now_rfc3339(), "user": who.common_name, "groups": who.organizations,
+                    "verb": verb, "group": res.group, "resource": res.plural, "subresource": sub,
+                    "namespace": ns, "name": name, "code": resp.status().as_u16(),
+                }))
+                .expect("json serialises");
+                line.push(b'\n');
+                let _ = a.send(line).await;
+            }
+            resp
+        }
+        Route::Object(t) => object(ctx, t, req, &query, access, as_table).await,
+    }
+}
+
+async fn object(ctx: Arc<Ctx>, t: Target, req: Request<Incoming>, query: &std::collections::HashMap<String, String>, access: Access, as_table: bool) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (method, &t.name, &t.sub) {
+        (Method::GET, None, None) if is_true(query.get("watch")) => watch(ctx, t, &query, access).await,
+        (Method::GET, None, None) => list(&ctx, &t, &query, access, as_table).await,
+        (Method::GET, Some(name), None) => get(&ctx, &t, name, access, as_table).await,
+        (Method::POST, None, None) => match body_json(req).await {
+            Ok(obj) => create(&ctx, &t, obj).await,
+            Err(resp) => resp,
+        },
+        (Method::PUT, Some(name), None) => match body_json(req).await {
+            Ok(obj) => update(&ctx, &t, name, obj).await,
+            Err(resp) => resp,
+        },
+        (Method::DELETE, Some(name), None) => delete(&ctx, &t, name).await,
+        (Method::GET, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => get(&ctx, &t, name, access, as_table).await,
+        (Method::PUT, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => match body_json(req).await {
+            Ok(obj) => update_status(&ctx, &t, name, obj).await,
+            Err(resp) => resp,
+        },
+        (Method::POST, Some(name), Some(sub)) if sub == "binding" && t.res.has(kapp_api::Subresource::Binding) => match body_json(req).await {
+            Ok(b) => bind(&ctx, &t, name, b).await,
+            Err(resp) => resp,
+        },
+        (Method::PATCH, Some(name), sub) if sub.is_none() || (sub.as_deref() == Some("status") && t.res.has(kapp_api::Subresource::Status)) => {
+            let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let Some(kind) = patch::PatchType::from_content_type(&ct) else {
+                return fail(415, "UnsupportedMediaType", &format!("the body of a patch must be a merge, JSON or strategic merge patch, not {ct:?}"));
+            };
+            match body_json(req).await {
+                Ok(p) => patch_object(&ctx, &t, name, kind, &p, sub.is_some()).await,
+                Err(resp) => resp,
             }
         }
+        (m, _, Some(sub)) => fail(405, "MethodNotAllowed", &format!("{m} on subresource {sub} is not supported yet")),
+        (m, _, _) => fail(405, "MethodNotAllowed", &format!("{m} is not supported on {path}")),
     }
 }
 

@@ -25,7 +25,7 @@ async fn status_and_binding_subresources() {
     let store = TestCluster::start(1, dir.path()).await;
     let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 16, secret_key: None }, listener).await.unwrap();
+    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 16, secret_key: None, audit_log: Some(dir.path().join("audit.log")) }, listener).await.unwrap();
     let tls = kapp_tls::client_config(&store.pki.ca.issue("gitops", &[GITOPS], &[]).unwrap()).unwrap();
     let c = H2Client::new(api.addr.to_string(), tls);
     let j = "application/json";
@@ -77,6 +77,24 @@ async fn status_and_binding_subresources() {
     // Unknown subresources and kinds without status say so.
     let (code, _) = call(&c, "PUT", "/api/v1/namespaces/default/configmaps/x/status", Some(json!({})), j).await;
     assert_eq!(code, 405);
+
+    // One audit line per mutating request, refusals included; reads are not audited.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let lines: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let summary: Vec<(String, Option<String>, u64)> = lines
+        .iter()
+        .map(|l| (l["verb"].as_str().unwrap().to_string(), l["subresource"].as_str().map(String::from), l["code"].as_u64().unwrap()))
+        .collect();
+    let s = |v: &str, sub: Option<&str>, c: u64| (v.to_string(), sub.map(String::from), c);
+    assert_eq!(summary, vec![
+        s("post", None, 201), s("put", Some("status"), 200), s("put", None, 200), s("put", Some("status"), 409),
+        s("patch", Some("status"), 200), s("post", Some("binding"), 201), s("post", Some("binding"), 409),
+        s("post", Some("binding"), 422), s("put", Some("status"), 405),
+    ]);
+    assert!(lines.iter().all(|l| l["user"] == "gitops" && l["resource"].is_string()));
+    assert_eq!(lines[0]["name"], Value::Null, "a create names no object in its URL");
+    assert_eq!(lines[1]["name"], "p");
 
     api.shutdown().await;
     store.shutdown().await;

@@ -59,6 +59,9 @@ struct ApiserverArgs {
     /// File with the 32-byte key (raw, or 64 hex characters) Secrets are encrypted with at rest.
     #[arg(long)]
     secret_key_file: Option<PathBuf>,
+    /// Append one JSON line per mutating request to this file.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -171,7 +174,7 @@ async fn run_apiserver(a: ApiserverArgs) -> Result<()> {
             }
         }
     };
-    let api = kapp_apiserver::ApiServer::start(kapp_apiserver::ApiServerConfig { tls, store, max_connections: 1024, secret_key }, listener).await?;
+    let api = kapp_apiserver::ApiServer::start(kapp_apiserver::ApiServerConfig { tls, store, max_connections: 1024, secret_key, audit_log: a.audit_log.clone() }, listener).await?;
     println!("kapp apiserver listening on {}", api.addr);
     shutdown_signal().await;
     api.shutdown().await;
