@@ -18,6 +18,12 @@ if ! command -v kubectl >/dev/null 2>&1; then
   echo "installing kubernetes-client (kubectl)"
   apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
 fi
+# The official Python client (the apiserver tests use it against kapp).
+if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
+  echo "installing the python kubernetes client"
+  python3 -m pip --version >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  python3 -m pip install -q kubernetes 2>/dev/null || python3 -m pip install -q --break-system-packages kubernetes
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust >= 1.85 (https://rustup.rs) and run again" >&2
   exit 1

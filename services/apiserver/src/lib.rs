@@ -281,6 +281,21 @@ async fn object(ctx: Arc<Ctx>, t: Target, req: Request<Incoming>, query: &std::c
             Ok(b) => bind(&ctx, &t, name, b).await,
             Err(resp) => resp,
         },
+        (Method::GET, Some(name), Some(sub)) if sub == "scale" && t.res.has(kapp_api::Subresource::Scale) => scale(&ctx, &t, name, None).await,
+        (Method::PUT, Some(name), Some(sub)) if sub == "scale" && t.res.has(kapp_api::Subresource::Scale) => match body_json(req).await {
+            Ok(b) => scale(&ctx, &t, name, Some((None, b))).await,
+            Err(resp) => resp,
+        },
+        (Method::PATCH, Some(name), Some(sub)) if sub == "scale" && t.res.has(kapp_api::Subresource::Scale) => {
+            let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let Some(kind) = patch::PatchType::from_content_type(&ct) else {
+                return fail(415, "UnsupportedMediaType", &format!("unsupported patch type {ct:?}"));
+            };
+            match body_json(req).await {
+                Ok(b) => scale(&ctx, &t, name, Some((Some(kind), b))).await,
+                Err(resp) => resp,
+            }
+        }
         (Method::PATCH, Some(name), sub) if sub.is_none() || (sub.as_deref() == Some("status") && t.res.has(kapp_api::Subresource::Status)) => {
             let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let Some(kind) = patch::PatchType::from_content_type(&ct) else {
@@ -621,6 +636,55 @@ async fn patch_object(ctx: &Ctx, t: &Target, name: &str, kind: patch::PatchType,
         Err(e) => Change::Refuse(fail(422, "Invalid", &format!("the patch cannot be applied: {e}"))),
     })
     .await
+}
+
+/// The `autoscaling/v1` Scale view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let sel = obj["spec"]["selector"]["matchLabels"].as_object().map(|m| {
+        m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+    });
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": obj["metadata"].clone(),
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": sel.unwrap_or_default()},
+    })
+}
+
+/// `…/scale`: read or change a workload's replicas through its Scale view.
+async fn scale(ctx: &Ctx, t: &Target, name: &str, change: Option<(Option<patch::PatchType>, Value)>) -> Response<Body> {
+    let Some((kind, body)) = change else {
+        return match ctx.store.get(object_key(t, name)).await {
+            Err(e) => store_failure(e),
+            Ok(None) => not_found(t, name),
+            Ok(Some(kv)) => match decode_stored(ctx, &kv, kv.mod_revision, Access::Read) {
+                Some(obj) => json_response(StatusCode::OK, &scale_of(&obj)),
+                None => fail(500, "InternalError", "stored object is unreadable"),
+            },
+        };
+    };
+    let resp = rewrite(ctx, t, name, None, |stored| {
+        let wanted = match kind {
+            Some(k) => patch::apply(k, &scale_of(stored), &body),
+            None => Ok(body.clone()),
+        };
+        match wanted.map(|s| s["spec"]["replicas"].as_i64()) {
+            Ok(Some(n)) if n >= 0 => {
+                let mut o = stored.clone();
+                o["spec"]["replicas"] = json!(n);
+                Change::To(o)
+            }
+            Ok(_) => Change::Refuse(fail(422, "Invalid", "spec.replicas: Invalid value: must be a non-negative integer")),
+            Err(e) => Change::Refuse(fail(422, "Invalid", &format!("the patch cannot be applied: {e}"))),
+        }
+    })
+    .await;
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let obj: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    json_response(StatusCode::OK, &scale_of(&obj))
 }
 
 /// `pods/binding`: the scheduler's way to put a pod on a node, once.

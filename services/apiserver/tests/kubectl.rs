@@ -178,6 +178,22 @@ async fn kubectl_reads_and_writes_through_the_apiserver() {
     let (ok, _, err) = run(&writer, &["patch", "deploy", "web", "-n", "shop", "--type=merge", "-p", r#"{"spec":{"replicas":"many"}}"#], None).await;
     assert!(!ok && err.contains("spec.replicas"), "an invalid patch is refused with the field: {err}");
 
+    // The official Python client lists, then watches from the list's resourceVersion.
+    let py = {
+        let viewer = viewer.clone();
+        tokio::task::spawn_blocking(move || {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/python_client.py");
+            let out = Command::new("timeout").args(["30", "python3", script, &viewer, "shop"]).output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (ok, _, err) = run(&writer, &["scale", "deploy", "web", "-n", "shop", "--replicas=8"], None).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = py.await.unwrap();
+    assert!(ok, "python client failed:\n{out}\n{err}");
+    assert!(out.contains("list web 6") && out.contains("watch MODIFIED web 8"), "{out}");
+
     // An update from a stale resourceVersion is refused with 409.
     let stale = DEPLOY.replace("\"labels\":{\"app\":\"web\"}}", &format!("\"labels\":{{\"app\":\"web\"}},\"resourceVersion\":\"{rv}\"}}")).replace("\"replicas\":3", "\"replicas\":7");
     let (ok, _, err) = run(&writer, &["replace", "--validate=false", "-f", "-"], Some(&stale)).await;

@@ -255,7 +255,7 @@ pub fn server_config(pem: &Pem, auth: ClientAuth) -> Result<Arc<ServerConfig>, T
             parse_certs(&pem.cert, "certificate pem")?,
             parse_key(&pem.key, "private key pem")?,
         )?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

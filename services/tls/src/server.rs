@@ -128,6 +128,28 @@ where
     Ok(())
 }
 
+/// Run a hyper connection to its end, shutting it down gracefully when told to stop.
+macro_rules! drive {
+    ($connection:ident, $stop:ident, $peer:ident, $proto:literal) => {{
+        tokio::pin!($connection);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                result = $connection.as_mut() => {
+                    if let Err(error) = result {
+                        debug!(peer = %$peer, %error, concat!($proto, " connection ended with an error"));
+                    }
+                    return;
+                }
+                _ = $stop.wait_for(|stopping| *stopping), if !stopping => {
+                    stopping = true;
+                    $connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }};
+}
+
 /// Runs one connection: TLS handshake, identity extraction, HTTP/2 until done or shut down.
 async fn serve_connection<H, F>(
     tcp: TcpStream,
@@ -182,21 +204,16 @@ async fn serve_connection<H, F>(
         let response = handler(request, identity.clone());
         async move { Ok::<_, Infallible>(response.await) }
     });
-    let connection = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(connection);
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    debug!(%peer, %error, "http/2 connection ended with an error");
-                }
-                return;
-            }
-            _ = stop.wait_for(|stopping| *stopping), if !stopping => {
-                stopping = true;
-                connection.as_mut().graceful_shutdown();
-            }
-        }
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(crate::ALPN_H2);
+    if h2 {
+        let connection = builder.serve_connection(TokioIo::new(tls), service);
+        drive!(connection, stop, peer, "http/2");
+    } else {
+        // Clients that do not speak HTTP/2 (Python's urllib3, curl --http1.1) get HTTP/1.1.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HANDSHAKE_TIMEOUT)
+            .serve_connection(TokioIo::new(tls), service);
+        drive!(connection, stop, peer, "http/1.1");
     }
 }
