@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use kapp_api::{keys, validate, Resource, RESOURCES};
-use kapp_store_client::{Compare, EventKind, KeyRange, KeyValue, Op, OpResult, RangeRequest, Refusal, StoreClient, StoreError, Txn, WatchItem};
+use kapp_store_client::{Compare, EventKind, KeyRange, KeyValue, Op, RangeRequest, Refusal, StoreClient, StoreError, Txn, WatchItem};
 use kapp_tls::{Body, ClientAuth, Identity, Pem};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -271,7 +271,13 @@ async fn object(ctx: Arc<Ctx>, t: Target, req: Request<Incoming>, query: &std::c
             Ok(obj) => update(&ctx, &t, name, obj).await,
             Err(resp) => resp,
         },
-        (Method::DELETE, Some(name), None) => delete(&ctx, &t, name).await,
+        (Method::DELETE, Some(name), None) => {
+            let options = match read_optional_json(req).await {
+                Ok(o) => o,
+                Err(resp) => return resp,
+            };
+            delete(&ctx, &t, name, options, query).await
+        }
         (Method::GET, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => get(&ctx, &t, name, access, as_table).await,
         (Method::PUT, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => match body_json(req).await {
             Ok(obj) => update_status(&ctx, &t, name, obj).await,
@@ -338,6 +344,19 @@ async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
         .map_err(|e| fail(413, "RequestEntityTooLarge", &format!("request body over {MAX_BODY} bytes or unreadable: {e}")))?
         .to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| fail(400, "BadRequest", &format!("the body is not a JSON object: {e}")))
+}
+
+/// A body that may be empty (DELETE's DeleteOptions).
+async fn read_optional_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+    let bytes: Bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| fail(413, "RequestEntityTooLarge", &format!("request body over {MAX_BODY} bytes or unreadable: {e}")))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| fail(400, "BadRequest", &format!("the body is not JSON: {e}")))
 }
 
 /// An object as stored, with `resourceVersion` from the store; Secret data hidden from viewers.
@@ -509,6 +528,8 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     }
     let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
     meta.remove("resourceVersion");
+    meta.remove("deletionTimestamp");
+    meta.remove("deletionGracePeriodSeconds");
     meta.insert("uid".into(), json!(util::uuid4()));
     meta.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
     let key = object_key(t, &name);
@@ -531,6 +552,8 @@ const WRITE_ATTEMPTS: usize = 5;
 enum Change {
     /// The new object (validated and stored if the stored object is still `mod_revision`).
     To(Value),
+    /// Remove the object (if the stored object is still `mod_revision`).
+    Delete,
     /// Refuse with this response.
     Refuse(Response<Body>),
 }
@@ -553,7 +576,35 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
         let mut obj = match change(&stored) {
             Change::To(o) => o,
             Change::Refuse(r) => return r,
+            Change::Delete => Value::Null,
         };
+        // Once deletion started it cannot be undone; the last finalizer removed finishes it.
+        if let Some(ts) = stored["metadata"].get("deletionTimestamp").filter(|v| v.is_string()) {
+            if obj.is_object() {
+                obj["metadata"]["deletionTimestamp"] = ts.clone();
+            }
+        }
+        let finished = obj.is_null()
+            || (obj["metadata"]["deletionTimestamp"].is_string()
+                && obj["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
+                && obj["metadata"]["deletionGracePeriodSeconds"].as_i64().is_none_or(|g| g == 0));
+        if finished {
+            let txn = Txn {
+                compare: vec![Compare::mod_revision(key.clone(), expect.unwrap_or(current.mod_revision))],
+                success: vec![Op::Delete { range: KeyRange::single(key.clone()), prev_kv: false }],
+                failure: vec![],
+            };
+            match ctx.store.txn(txn).await {
+                Err(e) => return store_failure(e),
+                Ok(r) if r.succeeded => {
+                    let mut last = stored;
+                    last["metadata"]["resourceVersion"] = json!(r.revision.to_string());
+                    return json_response(StatusCode::OK, &last);
+                }
+                Ok(_) if expect.is_some() => break,
+                Ok(_) => continue,
+            }
+        }
         if let Err(r) = settle_namespace(t, &mut obj) {
             return r;
         }
@@ -707,22 +758,43 @@ async fn bind(ctx: &Ctx, t: &Target, name: &str, binding: Value) -> Response<Bod
     resp
 }
 
-async fn delete(ctx: &Ctx, t: &Target, name: &str) -> Response<Body> {
-    let key = object_key(t, name);
-    let txn = Txn { success: vec![Op::Delete { range: KeyRange::single(key), prev_kv: true }], ..Default::default() };
-    match ctx.store.txn(txn).await {
-        Err(e) => store_failure(e),
-        Ok(r) => match r.results.into_iter().next() {
-            Some(OpResult::Delete { mut prev, .. }) if !prev.is_empty() => {
-                let kv = prev.remove(0);
-                match decode_stored(ctx, &kv, r.revision, Access::Read) {
-                    Some(obj) => json_response(StatusCode::OK, &obj),
-                    None => fail(500, "InternalError", "stored object is not JSON"),
-                }
-            }
-            _ => not_found(t, name),
-        },
+/// DELETE: objects without finalizers go at once; with finalizers (or a Foreground/Orphan
+/// propagation policy, which adds one) they get a `deletionTimestamp` and go when the last
+/// finalizer is removed. A pod on a node is deleted gracefully: marked with a grace period
+/// for its kubelet to stop it, unless `gracePeriodSeconds` is 0.
+async fn delete(ctx: &Ctx, t: &Target, name: &str, options: Value, query: &std::collections::HashMap<String, String>) -> Response<Body> {
+    let policy = options["propagationPolicy"].as_str().or(query.get("propagationPolicy").map(String::as_str)).unwrap_or("Background").to_string();
+    if !["Background", "Foreground", "Orphan"].contains(&policy.as_str()) {
+        return fail(400, "BadRequest", &format!("propagationPolicy {policy:?} is not Background, Foreground or Orphan"));
     }
+    let grace = options["gracePeriodSeconds"].as_i64().or(query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    rewrite(ctx, t, name, None, |stored| {
+        let mut o = stored.clone();
+        let mut finalizers: Vec<Value> = o["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        let extra = match policy.as_str() {
+            "Foreground" => Some("foregroundDeletion"),
+            "Orphan" => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = extra {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(json!(f));
+            }
+        }
+        let on_node = t.res.kind == "Pod" && stored["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+        let period = grace.unwrap_or_else(|| stored["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0);
+        let graceful = on_node && period > 0;
+        if finalizers.is_empty() && !graceful {
+            return Change::Delete;
+        }
+        if !o["metadata"]["deletionTimestamp"].is_string() {
+            o["metadata"]["deletionTimestamp"] = json!(util::now_rfc3339());
+        }
+        o["metadata"]["deletionGracePeriodSeconds"] = json!(if graceful { period } else { 0 });
+        o["metadata"]["finalizers"] = json!(finalizers);
+        Change::To(o)
+    })
+    .await
 }
 
 async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<String, String>, access: Access) -> Response<Body> {

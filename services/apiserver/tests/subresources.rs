@@ -1,23 +1,13 @@
 //! Status and binding subresources over HTTP/2 with a writer identity: status writes change
 //! only status, main writes never change status, a pod binds to a node once.
 
-use http_body_util::BodyExt;
 use kapp_apiserver::{ApiServer, ApiServerConfig, GITOPS};
 use kapp_store::testing::TestCluster;
 use kapp_tls::H2Client;
-use serde_json::{json, Value};
 
-async fn call(c: &H2Client, method: &str, path: &str, body: Option<Value>, ct: &str) -> (u16, Value) {
-    let req = http::Request::builder().method(method).uri(path).header("content-type", ct);
-    let body = match body {
-        Some(b) => kapp_tls::full(serde_json::to_vec(&b).unwrap()),
-        None => kapp_tls::empty(),
-    };
-    let resp = c.send(req.body(body).unwrap()).await.unwrap();
-    let code = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
+mod common;
+use common::call;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_binding_subresources() {
