@@ -338,12 +338,10 @@ fn resource_list(group: &str, version: &str) -> Value {
 }
 
 async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
-    let bytes: Bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| fail(413, "RequestEntityTooLarge", &format!("request body over {MAX_BODY} bytes or unreadable: {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| fail(400, "BadRequest", &format!("the body is not a JSON object: {e}")))
+    match read_optional_json(req).await? {
+        Value::Null => Err(fail(400, "BadRequest", "the request needs a JSON body")),
+        v => Ok(v),
+    }
 }
 
 /// A body that may be empty (DELETE's DeleteOptions).

@@ -2,9 +2,8 @@
 //! until the last one is removed; Foreground and Orphan policies add theirs; a pod on a node
 //! waits for its kubelet unless deleted with a zero grace period.
 
-use kapp_apiserver::{ApiServer, ApiServerConfig, GITOPS};
+use kapp_apiserver::GITOPS;
 use kapp_store::testing::TestCluster;
-use kapp_tls::H2Client;
 use serde_json::json;
 
 mod common;
@@ -14,10 +13,7 @@ use common::call;
 async fn finalizers_policies_and_graceful_pod_deletion() {
     let dir = tempfile::tempdir().unwrap();
     let store = TestCluster::start(1, dir.path()).await;
-    let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 16, secret_key: None, audit_log: None }, listener).await.unwrap();
-    let c = H2Client::new(api.addr.to_string(), kapp_tls::client_config(&store.pki.ca.issue("gitops", &[GITOPS], &[]).unwrap()).unwrap());
+    let (api, c) = common::start(&store, GITOPS, None, None).await;
     let j = "application/json";
     let cms = "/api/v1/namespaces/default/configmaps";
 

@@ -1,9 +1,8 @@
 //! Status and binding subresources over HTTP/2 with a writer identity: status writes change
 //! only status, main writes never change status, a pod binds to a node once.
 
-use kapp_apiserver::{ApiServer, ApiServerConfig, GITOPS};
+use kapp_apiserver::GITOPS;
 use kapp_store::testing::TestCluster;
-use kapp_tls::H2Client;
 
 mod common;
 use common::call;
@@ -13,11 +12,7 @@ use serde_json::{json, Value};
 async fn status_and_binding_subresources() {
     let dir = tempfile::tempdir().unwrap();
     let store = TestCluster::start(1, dir.path()).await;
-    let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 16, secret_key: None, audit_log: Some(dir.path().join("audit.log")) }, listener).await.unwrap();
-    let tls = kapp_tls::client_config(&store.pki.ca.issue("gitops", &[GITOPS], &[]).unwrap()).unwrap();
-    let c = H2Client::new(api.addr.to_string(), tls);
+    let (api, c) = common::start(&store, GITOPS, Some(dir.path().join("audit.log")), None).await;
     let j = "application/json";
     let pods = "/api/v1/namespaces/default/pods";
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]},
@@ -82,7 +77,7 @@ async fn status_and_binding_subresources() {
         s("patch", Some("status"), 200), s("post", Some("binding"), 201), s("post", Some("binding"), 409),
         s("post", Some("binding"), 422), s("put", Some("status"), 405),
     ]);
-    assert!(lines.iter().all(|l| l["user"] == "gitops" && l["resource"].is_string()));
+    assert!(lines.iter().all(|l| l["user"] == GITOPS && l["groups"] == json!([GITOPS]) && l["resource"].is_string()));
     assert_eq!(lines[0]["name"], Value::Null, "a create names no object in its URL");
     assert_eq!(lines[1]["name"], "p");
 
