@@ -196,6 +196,8 @@ fn route(path: &str) -> Result<Route, Response<Body>> {
 }
 
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>>) -> Response<Body> {
+    let (parts, incoming) = req.into_parts();
+    let mut payload = Payload::Stream(incoming);
     let Some(who) = who else {
         return fail(401, "Unauthorized", "a client certificate from the cluster CA is required");
     };
@@ -203,16 +205,52 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
     if access == Access::None {
         return fail(403, "Forbidden", &format!("user {:?} belongs to no kapp group", who.common_name));
     }
-    let path = req.uri().path().to_string();
-    let query = parse_query(req.uri().query());
-    let as_table = req.headers().get_all(http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("as=Table")));
+    let path = parts.uri.path().to_string();
+    let query = parse_query(parts.uri.query());
+    let as_table = parts.headers.get_all(http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("as=Table")));
     let r = match route(&path) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let writes = !matches!(parts.method, Method::GET | Method::HEAD);
     if writes && access != Access::Write {
-        return fail(403, "Forbidden", &format!("user {:?} may not {} {path}: kapp is changed through git only", who.common_name, req.method().as_str().to_lowercase()));
+        let verb = parts.method.as_str().to_lowercase();
+        let allowed = match (authz::node_name(&who), &r) {
+            (Some(me), Route::Object(t)) => {
+                match authz::node_write(me, t.res.kind, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref(), &verb) {
+                    authz::NodeWrite::Allowed => Ok(()),
+                    authz::NodeWrite::Denied(why) => Err(why),
+                    authz::NodeWrite::IfBodyNamedMe => {
+                        let obj = match body_json(payload).await {
+                            Ok(o) => o,
+                            Err(resp) => return resp,
+                        };
+                        let named = obj["metadata"]["name"].as_str() == Some(me);
+                        payload = Payload::Parsed(obj);
+                        if named {
+                            Ok(())
+                        } else {
+                            Err(format!("node {me:?} may create only objects named after itself"))
+                        }
+                    }
+                    authz::NodeWrite::IfPodOnNode => {
+                        let name = t.name.as_deref().unwrap_or("");
+                        match ctx.store.get(object_key(t, name)).await {
+                            Err(e) => return store_failure(e),
+                            Ok(None) => return not_found(t, name),
+                            Ok(Some(kv)) => match ctx.codec.decode(&kv.value) {
+                                Ok(pod) if pod["spec"]["nodeName"].as_str() == Some(me) => Ok(()),
+                                _ => Err(format!("pod {name:?} is not bound to node {me:?}")),
+                            },
+                        }
+                    }
+                }
+            }
+            _ => Err("kapp is changed through git only".to_string()),
+        };
+        if let Err(why) = allowed {
+            return fail(403, "Forbidden", &format!("user {:?} may not {verb} {path}: {why}", who.common_name));
+        }
     }
     match r {
         Route::Version => json_response(StatusCode::OK, &json!({
@@ -237,9 +275,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
         }
         Route::ResourceList(g, v) => json_response(StatusCode::OK, &resource_list(g, v)),
         Route::Object(t) if writes => {
-            let verb = req.method().as_str().to_lowercase();
+            let verb = parts.method.as_str().to_lowercase();
             let (res, ns, name, sub) = (t.res, t.namespace.clone(), t.name.clone(), t.sub.clone());
-            let resp = object(ctx.clone(), t, req, &query, access, as_table).await;
+            let resp = object(ctx.clone(), t, &parts, payload, &query, access, as_table).await;
             if let Some(a) = &ctx.audit {
                 let mut line = serde_json::to_vec(&json!({
                     "time": util::now_rfc3339(), "user": who.common_name, "groups": who.organizations,
@@ -252,13 +290,19 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
             }
             resp
         }
-        Route::Object(t) => object(ctx, t, req, &query, access, as_table).await,
+        Route::Object(t) => object(ctx, t, &parts, payload, &query, access, as_table).await,
     }
 }
 
-async fn object(ctx: Arc<Ctx>, t: Target, req: Request<Incoming>, query: &std::collections::HashMap<String, String>, access: Access, as_table: bool) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    let method = req.method().clone();
+/// A request body: still streaming in, or already read (by an authorisation check).
+enum Payload {
+    Stream(Incoming),
+    Parsed(Value),
+}
+
+async fn object(ctx: Arc<Ctx>, t: Target, parts: &http::request::Parts, req: Payload, query: &std::collections::HashMap<String, String>, access: Access, as_table: bool) -> Response<Body> {
+    let path = parts.uri.path().to_string();
+    let method = parts.method.clone();
     match (method, &t.name, &t.sub) {
         (Method::GET, None, None) if is_true(query.get("watch")) => watch(ctx, t, &query, access).await,
         (Method::GET, None, None) => list(&ctx, &t, &query, access, as_table).await,
@@ -293,7 +337,7 @@ async fn object(ctx: Arc<Ctx>, t: Target, req: Request<Incoming>, query: &std::c
             Err(resp) => resp,
         },
         (Method::PATCH, Some(name), Some(sub)) if sub == "scale" && t.res.has(kapp_api::Subresource::Scale) => {
-            let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let ct = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let Some(kind) = patch::PatchType::from_content_type(&ct) else {
                 return fail(415, "UnsupportedMediaType", &format!("unsupported patch type {ct:?}"));
             };
@@ -303,7 +347,7 @@ async fn object(ctx: Arc<Ctx>, t: Target, req: Request<Incoming>, query: &std::c
             }
         }
         (Method::PATCH, Some(name), sub) if sub.is_none() || (sub.as_deref() == Some("status") && t.res.has(kapp_api::Subresource::Status)) => {
-            let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let ct = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let Some(kind) = patch::PatchType::from_content_type(&ct) else {
                 return fail(415, "UnsupportedMediaType", &format!("the body of a patch must be a merge, JSON or strategic merge patch, not {ct:?}"));
             };
@@ -337,7 +381,7 @@ fn resource_list(group: &str, version: &str) -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
-async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+async fn body_json(req: Payload) -> Result<Value, Response<Body>> {
     match read_optional_json(req).await? {
         Value::Null => Err(fail(400, "BadRequest", "the request needs a JSON body")),
         v => Ok(v),
@@ -345,12 +389,18 @@ async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
 }
 
 /// A body that may be empty (DELETE's DeleteOptions).
-async fn read_optional_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
-    let bytes: Bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| fail(413, "RequestEntityTooLarge", &format!("request body over {MAX_BODY} bytes or unreadable: {e}")))?
-        .to_bytes();
+async fn read_optional_json(req: Payload) -> Result<Value, Response<Body>> {
+    let incoming = match req {
+        Payload::Parsed(v) => return Ok(v),
+        Payload::Stream(i) => i,
+    };
+    let bytes: Bytes = match kapp_tls::collect_limited(incoming, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = format!("request body over {MAX_BODY} bytes or unreadable: {e}");
+            return Err(fail(413, "RequestEntityTooLarge", &msg));
+        }
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }

@@ -29,3 +29,10 @@ pub async fn start(store: &TestCluster, group: &str, audit_log: Option<std::path
     let client = H2Client::new(api.addr.to_string(), tls);
     (api, client)
 }
+
+/// A client of `api` with the identity `cn` in `groups`.
+#[allow(dead_code)]
+pub fn client_as(store: &TestCluster, api: &ApiServer, cn: &str, groups: &[&str]) -> H2Client {
+    let tls = kapp_tls::client_config(&store.pki.ca.issue(cn, groups, &[]).unwrap()).unwrap();
+    H2Client::new(api.addr.to_string(), tls)
+}
