@@ -49,6 +49,8 @@ pub struct ApiServerConfig {
     pub secret_key: Option<Vec<u8>>,
     /// Append one JSON line per mutating request (who, verb, object, result) to this file.
     pub audit_log: Option<std::path::PathBuf>,
+    /// How often a quiet watch that allows bookmarks gets one.
+    pub bookmark_interval: Duration,
 }
 
 /// Why the apiserver could not start.
@@ -72,6 +74,7 @@ pub struct ApiServer {
 }
 
 struct Ctx {
+    bookmark_interval: Duration,
     store: StoreClient,
     codec: codec::Codec,
     audit: Option<mpsc::Sender<Vec<u8>>>,
@@ -104,7 +107,7 @@ impl ApiServer {
             None => None,
             Some(p) => Some(start_audit(p).map_err(|e| StartError::Audit(p.clone(), e))?),
         };
-        let ctx = Arc::new(Ctx { store: cfg.store, codec, audit });
+        let ctx = Arc::new(Ctx { bookmark_interval: cfg.bookmark_interval, store: cfg.store, codec, audit });
         let (stop, rx) = oneshot::channel::<()>();
         let handler = move |req, who| {
             let ctx = ctx.clone();
@@ -858,6 +861,7 @@ async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<Strin
             Err(_) => return fail(400, "BadRequest", &format!("resourceVersion {v:?} is not a resource version")),
         },
     };
+    let bookmarks = is_true(query.get("allowWatchBookmarks"));
     let timeout = query.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let line = |ty: &str, obj: Value| -> Bytes {
@@ -883,7 +887,7 @@ async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<Strin
                 }
                 start = resp.revision + 1;
             }
-            let mut w = ctx.store.watch(KeyRange::prefix(prefix), start, None);
+            let mut w = ctx.store.watch(KeyRange::prefix(prefix), start, bookmarks.then_some(ctx.bookmark_interval));
             loop {
                 match w.next().await {
                     Ok(WatchItem::Events(evs)) => {
@@ -901,7 +905,14 @@ async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<Strin
                             }
                         }
                     }
-                    Ok(WatchItem::Progress(_)) => {}
+                    Ok(WatchItem::Progress(rev)) => {
+                        if bookmarks {
+                            let mark = json!({"kind": t.res.kind, "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rev.to_string()}});
+                            if tx.send(line("BOOKMARK", mark)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     Err(StoreError::Refused(Refusal::Compacted { compacted, .. })) => {
                         let _ = tx.send(line("ERROR", status(410, "Expired", &format!("too old resource version: {rv} ({compacted})"), None))).await;
                         return;

@@ -84,3 +84,32 @@ async fn status_and_binding_subresources() {
     api.shutdown().await;
     store.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_watches_get_bookmarks_and_end_at_their_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestCluster::start(1, dir.path()).await;
+    let (api, c) = common::start(&store, GITOPS, None, None).await;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, created) = call(&c, "POST", cms, Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}})), "application/json").await;
+    let rv: i64 = created["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let started = std::time::Instant::now();
+    let req = http::Request::get(format!("{cms}?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={rv}")).body(kapp_tls::empty()).unwrap();
+    let resp = c.send(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "the watch ended before its timeout");
+    let events: Vec<Value> = String::from_utf8_lossy(&body).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!events.is_empty(), "no bookmark in 2 s with a 300 ms interval");
+    for e in &events {
+        assert_eq!(e["type"], "BOOKMARK", "{e}");
+        assert_eq!(e["object"]["kind"], "ConfigMap");
+        assert!(e["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<i64>().unwrap() >= rv);
+    }
+    // Without allowWatchBookmarks, a quiet watch says nothing.
+    let req = http::Request::get(format!("{cms}?watch=true&timeoutSeconds=1&resourceVersion={rv}")).body(kapp_tls::empty()).unwrap();
+    let body = http_body_util::BodyExt::collect(c.send(req).await.unwrap().into_body()).await.unwrap().to_bytes();
+    assert!(body.is_empty(), "{}", String::from_utf8_lossy(&body));
+    api.shutdown().await;
+    store.shutdown().await;
+}
