@@ -315,7 +315,7 @@ async fn object(ctx: Arc<Ctx>, t: Target, parts: &http::request::Parts, req: Pay
             Err(resp) => resp,
         },
         (Method::PUT, Some(name), None) => match body_json(req).await {
-            Ok(obj) => update(&ctx, &t, name, obj).await,
+            Ok(obj) => update(&ctx, &t, name, obj, false).await,
             Err(resp) => resp,
         },
         (Method::DELETE, Some(name), None) => {
@@ -327,7 +327,7 @@ async fn object(ctx: Arc<Ctx>, t: Target, parts: &http::request::Parts, req: Pay
         }
         (Method::GET, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => get(&ctx, &t, name, access, as_table).await,
         (Method::PUT, Some(name), Some(sub)) if sub == "status" && t.res.has(kapp_api::Subresource::Status) => match body_json(req).await {
-            Ok(obj) => update_status(&ctx, &t, name, obj).await,
+            Ok(obj) => update(&ctx, &t, name, obj, true).await,
             Err(resp) => resp,
         },
         (Method::POST, Some(name), Some(sub)) if sub == "binding" && t.res.has(kapp_api::Subresource::Binding) => match body_json(req).await {
@@ -715,20 +715,14 @@ fn only_status(stored: &Value, new: &Value) -> Value {
     out
 }
 
-async fn update(ctx: &Ctx, t: &Target, name: &str, obj: Value) -> Response<Body> {
+/// PUT of the main resource (`status: false`) or of its status subresource: based on the
+/// resourceVersion the client sent, if any.
+async fn update(ctx: &Ctx, t: &Target, name: &str, obj: Value, status: bool) -> Response<Body> {
     let expect = match expected_version(&obj) {
         Ok(e) => e,
         Err(r) => return r,
     };
-    rewrite(ctx, t, name, expect, |stored| Change::To(keep_status(t, stored, obj.clone()))).await
-}
-
-async fn update_status(ctx: &Ctx, t: &Target, name: &str, obj: Value) -> Response<Body> {
-    let expect = match expected_version(&obj) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    rewrite(ctx, t, name, expect, |stored| Change::To(only_status(stored, &obj))).await
+    rewrite(ctx, t, name, expect, |stored| Change::To(if status { only_status(stored, &obj) } else { keep_status(t, stored, obj.clone()) })).await
 }
 
 async fn patch_object(ctx: &Ctx, t: &Target, name: &str, kind: patch::PatchType, p: &Value, status_only: bool) -> Response<Body> {

@@ -232,8 +232,17 @@ async fn raft_rpc(ctx: &Ctx, p: &str, req: Request<Incoming>) -> Response<Body> 
     }
 }
 
-fn not_leader<E>(f: &openraft::error::ForwardToLeader<NodeId, Node>) -> Result<E, StoreError> {
-    Err(StoreError::NotLeader { leader: f.leader_id.zip(f.leader_node.as_ref().map(|n| n.addr.clone())) })
+fn not_leader(f: &openraft::error::ForwardToLeader<NodeId, Node>) -> StoreError {
+    StoreError::NotLeader { leader: f.leader_id.zip(f.leader_node.as_ref().map(|n| n.addr.clone())) }
+}
+
+/// What a failed raft write (a proposal or a membership change) means to a client.
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => StoreError::Membership(c.to_string()),
+        RaftError::Fatal(f) => fatal(&f),
+    }
 }
 
 fn fatal(e: &openraft::error::Fatal<NodeId>) -> StoreError {
@@ -332,9 +341,7 @@ async fn propose_now(raft: &Raft<TypeConfig>, request_timeout: Duration, cmd: Lo
             ApplyOutcome::Refused(r) => Err(r.into()),
             other => Ok(other),
         },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => not_leader(&f),
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(StoreError::Membership(e.to_string())),
-        Ok(Err(RaftError::Fatal(e))) => Err(fatal(&e)),
+        Ok(Err(e)) => Err(write_error(e)),
     }
 }
 
@@ -381,7 +388,7 @@ async fn confirm_leadership(ctx: &Ctx) -> Result<(), StoreError> {
     match tokio::time::timeout(ctx.request_timeout, ctx.raft.ensure_linearizable()).await {
         Err(_) => Err(StoreError::Timeout { millis: ctx.request_timeout.as_millis() as u64 }),
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => not_leader(&f),
+        Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => Err(not_leader(&f)),
         Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(q)))) => {
             Err(StoreError::Unreachable { addr: "quorum".into(), reason: q.to_string() })
         }
@@ -511,15 +518,10 @@ async fn forward(ctx: &Ctx, leader_addr: &str, p: &str, body: Bytes) -> Response
 }
 
 async fn add_member(ctx: &Ctx, m: MemberAdd) -> Result<(), StoreError> {
-    let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, Node>>| match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader::<()>(&f).unwrap_err(),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => StoreError::Membership(c.to_string()),
-        RaftError::Fatal(f) => fatal(&f),
-    };
-    ctx.raft.add_learner(m.id, Node { addr: m.addr }, true).await.map_err(map_err)?;
+    ctx.raft.add_learner(m.id, Node { addr: m.addr }, true).await.map_err(write_error)?;
     let mut voters: BTreeSet<NodeId> = ctx.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
     voters.insert(m.id);
-    ctx.raft.change_membership(voters, false).await.map_err(map_err)?;
+    ctx.raft.change_membership(voters, false).await.map_err(write_error)?;
     Ok(())
 }
 
@@ -531,11 +533,7 @@ async fn remove_member(ctx: &Ctx, id: NodeId) -> Result<(), StoreError> {
     if voters.is_empty() {
         return Err(StoreError::Membership("cannot remove the last member".into()));
     }
-    ctx.raft.change_membership(voters, false).await.map_err(|e| match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader::<()>(&f).unwrap_err(),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => StoreError::Membership(c.to_string()),
-        RaftError::Fatal(f) => fatal(&f),
-    })?;
+    ctx.raft.change_membership(voters, false).await.map_err(write_error)?;
     Ok(())
 }
 
@@ -552,13 +550,8 @@ fn watch(ctx: Arc<Ctx>, wr: WatchRequest) -> Response<Body> {
         Ok(p) => p,
         Err(_) => return reply::<()>(&Err(StoreError::Unreachable { addr: "this member".into(), reason: "too many watches".into() })),
     };
-    if let Err(e) = (|| {
-        if wr.range.key.is_empty() {
-            return Err(StoreError::Invalid("watch: key is empty".into()));
-        }
-        Ok(())
-    })() {
-        return reply::<()>(&Err(e));
+    if wr.range.key.is_empty() {
+        return reply::<()>(&Err(StoreError::Invalid("watch: key is empty".into())));
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kapp_store::client::wire::{self, path, WatchFrame};
+use kapp_store::client::wire::{self, path};
 use kapp_store::client::{limits, ClientConfig, StoreClient, StoreError, WatchItem};
 use kapp_store::testing::TestCluster;
 use kapp_store::types::*;
@@ -206,7 +206,6 @@ async fn watch_catches_up_follows_and_reports_compaction() {
         WatchItem::Progress(rev) => assert_eq!(rev, r),
         other => panic!("expected progress, got {other:?}"),
     }
-    let _ = WatchFrame::Progress { revision: 0 };
     c.shutdown().await;
 }
 

@@ -48,12 +48,6 @@ pub fn stream_body(rx: mpsc::Receiver<Bytes>) -> Body {
     ChannelBody { rx }.boxed()
 }
 
-/// Like [`stream_body`], but the producer can end the body with an error (the stream is then
-/// reset instead of ending cleanly, so the peer sees an error rather than a truncated body).
-pub fn try_stream_body(rx: mpsc::Receiver<Result<Bytes, BodyError>>) -> Body {
-    TryChannelBody { rx }.boxed()
-}
-
 /// Reads a whole body into memory, failing if it is longer than `limit` bytes.
 pub async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
 where
@@ -81,20 +75,3 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-struct TryChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, BodyError>>,
-}
-
-impl hyper::body::Body for TryChannelBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
-    }
-}

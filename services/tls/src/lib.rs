@@ -30,7 +30,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use body::{
-    boxed, collect_limited, empty, full, stream_body, try_stream_body, Body, BodyError,
+    boxed, collect_limited, empty, full, stream_body, Body, BodyError,
 };
 pub use client::{H2Client, DEFAULT_CONNECT_TIMEOUT};
 pub use server::serve;
