@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing kapp needs on Debian 12 (run as root). Idempotent.
 set -euo pipefail
-need=(libclang-dev libseccomp-dev clang pkg-config git ca-certificates)
+need=(libclang-dev libseccomp-dev clang pkg-config git ca-certificates libssl-dev)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

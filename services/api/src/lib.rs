@@ -3,6 +3,7 @@
 //! `schema`). The apiserver builds on this; so will gitops' pre-apply validation.
 
 pub mod keys;
+pub mod patch;
 pub mod resource;
 pub mod schema;
 pub mod table;

@@ -10,7 +10,7 @@
 
 mod authz;
 mod codec;
-mod patch;
+use kapp_api::patch;
 mod selector;
 mod util;
 
