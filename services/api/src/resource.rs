@@ -8,6 +8,8 @@ pub enum Subresource {
     Scale,
     Binding,
     Log,
+    /// kapp's transactional apply of a whole commit (gitops only).
+    Apply,
 }
 
 impl Subresource {
@@ -17,6 +19,7 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Log => "log",
+            Subresource::Apply => "apply",
         }
     }
 }
@@ -100,6 +103,8 @@ pub static RESOURCES: &[Resource] = &[
     res("batch", "v1", "CronJob", "cronjobs", "cronjob", &["cj"], true, &[Status]),
     res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", &[], true, &[]),
     res("coordination.k8s.io", "v1", "Lease", "leases", "lease", &[], true, &[]),
+    res(KAPP_GROUP, "v1", "GitSync", "gitsyncs", "gitsync", &["gs"], false, &[Status, Apply]),
+    res(KAPP_GROUP, "v1", "ClusterSettings", "clustersettings", "clustersettings", &["cs"], false, &[]),
 ];
 
 /// The resource served at `group`/`version` under `plural`.

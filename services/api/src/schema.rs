@@ -40,6 +40,8 @@ pub fn check(r: &Resource, obj: &Value) -> Result<(), FieldError> {
         ("batch", "CronJob") => typed::<batch::CronJob>(obj),
         ("discovery.k8s.io", "EndpointSlice") => typed::<disc::EndpointSlice>(obj),
         ("coordination.k8s.io", "Lease") => typed::<coord::Lease>(obj),
+        (crate::resource::KAPP_GROUP, "GitSync") => typed::<crate::kapp::GitSync>(obj),
+        (crate::resource::KAPP_GROUP, "ClusterSettings") => typed::<crate::kapp::ClusterSettings>(obj),
         _ => Ok(()),
     }
 }

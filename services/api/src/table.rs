@@ -31,6 +31,7 @@ pub fn columns(kind: &str) -> Vec<Column> {
         "Secret" => vec![col("Type", "string", 0), col("Data", "integer", 0), col("Age", "string", 0)],
         "Job" => vec![col("Completions", "string", 0), col("Age", "string", 0)],
         "CronJob" => vec![col("Schedule", "string", 0), col("Suspend", "string", 0), col("Active", "integer", 0), col("Age", "string", 0)],
+        "GitSync" => vec![col("State", "string", 0), col("Applied", "string", 0), col("Fetched", "string", 0), col("Message", "string", 0), col("Age", "string", 0), col("URL", "string", 1)],
         _ => vec![col("Age", "string", 0)],
     });
     c
@@ -77,6 +78,29 @@ pub fn parse_rfc3339(t: &str) -> Option<i64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Now as RFC 3339 in UTC, seconds precision (Kubernetes' `metav1.Time`).
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format_rfc3339(i64::try_from(now).unwrap_or(0))
+}
+
+/// Unix seconds as RFC 3339 in UTC (`2026-11-21T10:00:00Z`).
+pub fn format_rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// The cells of one row for `obj` at time `now` (Unix seconds).
@@ -163,6 +187,10 @@ pub fn cells(obj: &Value, now: i64) -> Vec<Value> {
             json!(st["active"].as_array().map_or(0, Vec::len)),
             json!(age),
         ],
+        "GitSync" => {
+            let short = |c: &Value| c["sha"].as_str().map_or("<none>".to_string(), |sha| sha.chars().take(8).collect());
+            vec![json!(s(&st["state"])), json!(short(&st["appliedCommit"])), json!(short(&st["fetchedCommit"])), json!(s(&st["message"])), json!(age), json!(s(&spec["url"]))]
+        }
         _ => vec![json!(age)],
     };
     let mut out = vec![name];

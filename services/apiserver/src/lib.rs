@@ -8,6 +8,7 @@
 //! client certificate, coarse authorisation by group (see `authz`). Objects are stored as
 //! JSON; `resourceVersion` is the store's `mod_revision`.
 
+mod apply;
 mod authz;
 mod codec;
 use kapp_api::patch;
@@ -35,6 +36,8 @@ use util::{parse_query, status};
 
 /// Largest request body (an object).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Largest gitops Apply body (a commit's changes).
+pub const MAX_APPLY_BODY: usize = 32 * 1024 * 1024;
 /// Items per list page when the client sets no limit.
 const DEFAULT_PAGE: u64 = 500;
 /// Kubernetes version reported by `/version`.
@@ -255,6 +258,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
             return fail(403, "Forbidden", &format!("user {:?} may not {verb} {path}: {why}", who.common_name));
         }
     }
+    if let Route::Object(t) = &r {
+        if t.sub.as_deref() == Some("apply") && !who.organizations.iter().any(|o| o == authz::GITOPS) {
+            return fail(403, "Forbidden", &format!("user {:?} may not apply commits: only {} does", who.common_name, authz::GITOPS));
+        }
+    }
     match r {
         Route::Version => json_response(StatusCode::OK, &json!({
             "major": "1", "minor": KUBE_MINOR, "gitVersion": format!("v1.{KUBE_MINOR}.0-kapp.{}", env!("CARGO_PKG_VERSION")),
@@ -334,6 +342,11 @@ async fn object(ctx: Arc<Ctx>, t: Target, parts: &http::request::Parts, req: Pay
             Ok(b) => bind(&ctx, &t, name, b).await,
             Err(resp) => resp,
         },
+        (Method::POST, Some(_), Some(sub)) if sub == "apply" && t.res.has(kapp_api::Subresource::Apply) => match read_json(req, MAX_APPLY_BODY).await {
+            Ok(Value::Null) => fail(400, "BadRequest", "the request needs a JSON body"),
+            Ok(b) => apply::apply(&ctx, &t, b).await,
+            Err(resp) => resp,
+        },
         (Method::GET, Some(name), Some(sub)) if sub == "scale" && t.res.has(kapp_api::Subresource::Scale) => scale(&ctx, &t, name, None).await,
         (Method::PUT, Some(name), Some(sub)) if sub == "scale" && t.res.has(kapp_api::Subresource::Scale) => match body_json(req).await {
             Ok(b) => scale(&ctx, &t, name, Some((None, b))).await,
@@ -393,14 +406,19 @@ async fn body_json(req: Payload) -> Result<Value, Response<Body>> {
 
 /// A body that may be empty (DELETE's DeleteOptions).
 async fn read_optional_json(req: Payload) -> Result<Value, Response<Body>> {
+    read_json(req, MAX_BODY).await
+}
+
+/// A JSON body of at most `limit` bytes; `Null` when empty.
+async fn read_json(req: Payload, limit: usize) -> Result<Value, Response<Body>> {
     let incoming = match req {
         Payload::Parsed(v) => return Ok(v),
         Payload::Stream(i) => i,
     };
-    let bytes: Bytes = match kapp_tls::collect_limited(incoming, MAX_BODY).await {
+    let bytes: Bytes = match kapp_tls::collect_limited(incoming, limit).await {
         Ok(b) => b,
         Err(e) => {
-            let msg = format!("request body over {MAX_BODY} bytes or unreadable: {e}");
+            let msg = format!("request body over {limit} bytes or unreadable: {e}");
             return Err(fail(413, "RequestEntityTooLarge", &msg));
         }
     };

@@ -1,7 +1,6 @@
 //! Small helpers: query strings, time stamps, ids, Kubernetes `Status` errors.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -39,26 +38,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Now as RFC 3339 in UTC, seconds precision (Kubernetes' `metav1.Time`).
-pub fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
-}
-
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
+pub use kapp_api::table::now_rfc3339;
 
 /// A random RFC 4122 version 4 UUID.
 pub fn uuid4() -> String {
@@ -89,6 +69,7 @@ pub fn status(code: u16, reason: &str, message: &str, details: Option<Value>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kapp_api::table::format_rfc3339 as rfc3339;
 
     #[test]
     fn dates_and_queries() {

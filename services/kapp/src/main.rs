@@ -22,6 +22,8 @@ enum Command {
     Store(StoreArgs),
     /// Run the Kubernetes-compatible apiserver over the store.
     Apiserver(ApiserverArgs),
+    /// Run the GitOps reconciler: make the cluster match a git repository.
+    Gitops(GitopsArgs),
     /// Show every store member's view of the cluster (read-only).
     StoreStatus(StoreStatusArgs),
     /// Generate cluster material offline.
@@ -62,6 +64,58 @@ struct ApiserverArgs {
     /// Append one JSON line per mutating request to this file.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct GitopsArgs {
+    /// The apiserver, `https://host:port`.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    apiserver: String,
+    /// The gitops identity (group kapp:gitops).
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Repository URL: file://, https:// (token) or git://.
+    #[arg(long)]
+    repo: String,
+    /// Branch to follow (default: the repository's HEAD).
+    #[arg(long, conflicts_with_all = ["tag", "commit"])]
+    branch: Option<String>,
+    /// Tag to follow.
+    #[arg(long, conflicts_with = "commit")]
+    tag: Option<String>,
+    /// Pinned commit to apply.
+    #[arg(long)]
+    commit: Option<String>,
+    /// Sub-path of the repository to render.
+    #[arg(long, default_value = "")]
+    path: String,
+    /// File holding an HTTPS token for the repository.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Seconds between polls.
+    #[arg(long, default_value_t = 15)]
+    interval: u64,
+    /// Seconds a fetch may take.
+    #[arg(long, default_value_t = 60)]
+    fetch_timeout: u64,
+    /// Most bytes a fetch may download (and the checked-out tree may hold).
+    #[arg(long, default_value_t = 256 << 20)]
+    max_repo_bytes: u64,
+    /// Where the repository cache lives.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Name of the GitSync object this instance reports to.
+    #[arg(long, default_value = "cluster")]
+    name: String,
+    /// This instance's identity in the leader Lease (default: host name and pid).
+    #[arg(long)]
+    holder: Option<String>,
+    /// Serve the push webhook here (plain HTTP, HMAC-verified).
+    #[arg(long, requires = "webhook_secret_file")]
+    webhook_listen: Option<SocketAddr>,
+    /// File holding the webhook's HMAC secret.
+    #[arg(long)]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -181,6 +235,37 @@ async fn run_apiserver(a: ApiserverArgs) -> Result<()> {
     Ok(())
 }
 
+async fn run_gitops(a: GitopsArgs) -> Result<()> {
+    let tls = a.tls.load()?;
+    let client = kapp_runtime::client(&a.apiserver, &tls).await?;
+    let auth = match &a.token_file {
+        None => kapp_gitops::Auth::None,
+        Some(p) => kapp_gitops::Auth::Token(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?.trim().to_string()),
+    };
+    let source = kapp_gitops::Source {
+        url: a.repo.clone(),
+        git_ref: kapp_api::kapp::GitRef { branch: a.branch.clone(), tag: a.tag.clone(), commit: a.commit.clone() },
+        auth,
+        timeout: Duration::from_secs(a.fetch_timeout),
+        max_bytes: a.max_repo_bytes,
+    };
+    std::fs::create_dir_all(&a.state_dir).with_context(|| format!("create {}", a.state_dir.display()))?;
+    let cfg = kapp_gitops::GitopsConfig { name: a.name.clone(), source, path: a.path.clone(), interval: Duration::from_secs(a.interval.max(1)), state_dir: a.state_dir.clone() };
+    let webhook = match (&a.webhook_listen, &a.webhook_secret_file) {
+        (Some(addr), Some(f)) => {
+            let secret = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+            println!("kapp gitops webhook on http://{}/hook", l.local_addr()?);
+            Some((l, secret.trim_ascii().to_vec()))
+        }
+        _ => None,
+    };
+    let holder = a.holder.clone().unwrap_or_else(|| format!("{}-{}", std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(), std::process::id()));
+    println!("kapp gitops following {} as {holder}", a.repo);
+    kapp_gitops::run(client, cfg, &holder, webhook, shutdown_signal()).await;
+    Ok(())
+}
+
 async fn store_status(a: StoreStatusArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let endpoints: Vec<String> = a.endpoints.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
@@ -238,6 +323,7 @@ fn main() -> Result<()> {
             Command::Store(a) => run_store(a).await,
             Command::StoreStatus(a) => store_status(a).await,
             Command::Apiserver(a) => run_apiserver(a).await,
+            Command::Gitops(a) => run_gitops(a).await,
             Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {
                 let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                 kapp_bootstrap::gen_pki(&out, &cluster, &hosts)?;

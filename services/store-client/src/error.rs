@@ -10,10 +10,12 @@ pub mod limits {
     pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
     /// Largest key.
     pub const MAX_KEY_BYTES: usize = 8 * 1024;
-    /// Largest encoded request body.
-    pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
-    /// Most operations in one transaction (etcd's `--max-txn-ops`).
-    pub const MAX_TXN_OPS: usize = 128;
+    /// Largest encoded request body. Above etcd's 1.5 MiB so that gitops can write one
+    /// commit's changes in one transaction.
+    pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+    /// Most operations in one transaction (etcd's `--max-txn-ops` defaults to 128; gitops
+    /// applies a commit's changes, up to this many objects, atomically).
+    pub const MAX_TXN_OPS: usize = 1024;
     /// Most key-values one range returns before the client must page with `limit`.
     pub const MAX_RANGE_RESULTS: u64 = 100_000;
     /// Responses a write session keeps at most (its writes in flight); a client keeps fewer

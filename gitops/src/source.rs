@@ -1,0 +1,194 @@
+//! Fetching the followed commit with git2 into a bare repository in gitops' state
+//! directory, and exporting its tree into a directory the renderer reads. Blocking (run it
+//! on a blocking thread); bounded by a timeout and a size limit.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kapp_api::kapp::{CommitInfo, GitRef};
+
+/// How gitops authenticates to the repository.
+#[derive(Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    /// HTTPS with a token (sent as the password, as GitHub, GitLab and Gitea accept).
+    Token(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::None => "None",
+            Auth::Token(_) => "Token(..)",
+        })
+    }
+}
+
+/// The repository to follow.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub url: String,
+    pub git_ref: GitRef,
+    pub auth: Auth,
+    /// The whole fetch (connect, negotiate, download) must finish within this.
+    pub timeout: Duration,
+    /// Most bytes downloaded in one fetch, and most bytes of one exported tree.
+    pub max_bytes: u64,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+    #[error("io: {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the repository is over the size limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("fetching {url} took longer than {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("{0}")]
+    Ref(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+    move |source| SourceError::Io { path: path.to_path_buf(), source }
+}
+
+/// The ref to fetch into `refs/kapp/head`, or `None` for a pinned commit (fetch all heads).
+fn refspec(r: &GitRef) -> Result<Option<String>, SourceError> {
+    match (&r.branch, &r.tag, &r.commit) {
+        (None, None, None) => Ok(Some("+HEAD:refs/kapp/head".into())),
+        (Some(b), None, None) => Ok(Some(format!("+refs/heads/{b}:refs/kapp/head"))),
+        (None, Some(t), None) => Ok(Some(format!("+refs/tags/{t}:refs/kapp/head"))),
+        (None, None, Some(_)) => Ok(None),
+        _ => Err(SourceError::Ref("ref: set at most one of branch, tag and commit".into())),
+    }
+}
+
+/// A fetched commit, its tree exported to `dir`.
+#[derive(Debug)]
+pub struct Fetched {
+    pub commit: CommitInfo,
+    pub dir: PathBuf,
+}
+
+/// Fetch `src` into the bare repository at `state/repo` and export the commit's tree into
+/// `state/trees/<sha>` (reused if already there; older trees removed).
+pub fn fetch(state: &Path, src: &Source) -> Result<Fetched, SourceError> {
+    let repo_dir = state.join("repo");
+    let repo = match git2::Repository::open_bare(&repo_dir) {
+        Ok(r) => r,
+        Err(_) => {
+            std::fs::create_dir_all(&repo_dir).map_err(io(&repo_dir))?;
+            git2::Repository::init_bare(&repo_dir)?
+        }
+    };
+    let started = Instant::now();
+    let (limit, timeout) = (src.max_bytes, src.timeout);
+    let too_large = std::cell::Cell::new(false);
+    let timed_out = std::cell::Cell::new(false);
+    {
+        let mut cb = git2::RemoteCallbacks::new();
+        cb.transfer_progress(|p| {
+            too_large.set(p.received_bytes() as u64 > limit);
+            timed_out.set(started.elapsed() > timeout);
+            !too_large.get() && !timed_out.get()
+        });
+        let auth = src.auth.clone();
+        let mut tries = 0;
+        cb.credentials(move |_url, user, _allowed| {
+            tries += 1;
+            match &auth {
+                Auth::Token(t) if tries == 1 => git2::Cred::userpass_plaintext(user.unwrap_or("git"), t),
+                _ => Err(git2::Error::from_str("the repository refused the configured credentials")),
+            }
+        });
+        let mut opts = git2::FetchOptions::new();
+        opts.remote_callbacks(cb);
+        opts.download_tags(git2::AutotagOption::None);
+        let mut remote = repo.remote_anonymous(&src.url)?;
+        let spec = refspec(&src.git_ref)?.unwrap_or_else(|| "+refs/heads/*:refs/kapp/heads/*".into());
+        let r = remote.fetch(&[spec.as_str()], Some(&mut opts), None);
+        if too_large.get() {
+            return Err(SourceError::TooLarge { limit });
+        }
+        if timed_out.get() {
+            return Err(SourceError::Timeout { url: src.url.clone(), timeout });
+        }
+        r?;
+    }
+    let commit = match &src.git_ref.commit {
+        Some(sha) => repo.find_commit(git2::Oid::from_str(sha)?).map_err(|e| SourceError::Ref(format!("commit {sha} is not in {}: {}", src.url, e.message())))?,
+        None => repo.find_reference("refs/kapp/head")?.peel_to_commit()?,
+    };
+    let sha = commit.id().to_string();
+    let info = CommitInfo {
+        sha: sha.clone(),
+        subject: commit.summary().ok().flatten().unwrap_or("").to_string(),
+        author: format!("{} <{}>", commit.author().name().unwrap_or(""), commit.author().email().unwrap_or("")),
+        time: kapp_api::table::format_rfc3339(commit.time().seconds()),
+    };
+    let trees = state.join("trees");
+    let dir = trees.join(&sha);
+    if !dir.join(".kapp-complete").exists() {
+        let tmp = trees.join(format!(".{sha}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let mut total = 0u64;
+        export(&repo, &commit.tree()?, &tmp, &mut total, limit)?;
+        std::fs::write(tmp.join(".kapp-complete"), &sha).map_err(io(&tmp))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    }
+    // Keep only the tree in use.
+    if let Ok(entries) = std::fs::read_dir(&trees) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy() != sha {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(Fetched { commit: info, dir })
+}
+
+/// Write the blobs of `tree` under `dir`; symlinks and submodules are skipped (a symlink
+/// could point outside the repository).
+fn export(repo: &git2::Repository, tree: &git2::Tree, dir: &Path, total: &mut u64, limit: u64) -> Result<(), SourceError> {
+    for entry in tree.iter() {
+        let Ok(name) = entry.name() else { continue };
+        if name == ".git" || name.contains('/') || name == ".." {
+            continue;
+        }
+        let path = dir.join(name);
+        match entry.kind() {
+            Some(git2::ObjectType::Tree) => {
+                std::fs::create_dir_all(&path).map_err(io(&path))?;
+                export(repo, &repo.find_tree(entry.id())?, &path, total, limit)?;
+            }
+            Some(git2::ObjectType::Blob) if entry.filemode() != 0o120000 => {
+                let blob = repo.find_blob(entry.id())?;
+                *total += blob.size() as u64;
+                if *total > limit {
+                    return Err(SourceError::TooLarge { limit });
+                }
+                std::fs::write(&path, blob.content()).map_err(io(&path))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_map_to_refspecs() {
+        assert_eq!(refspec(&GitRef::default()).unwrap().unwrap(), "+HEAD:refs/kapp/head");
+        assert_eq!(refspec(&GitRef { branch: Some("main".into()), ..Default::default() }).unwrap().unwrap(), "+refs/heads/main:refs/kapp/head");
+        assert!(refspec(&GitRef { branch: Some("a".into()), tag: Some("b".into()), commit: None }).is_err());
+    }
+}
