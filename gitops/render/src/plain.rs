@@ -1,5 +1,5 @@
-//! Plain trees: every `*.yaml`, `*.yml` and `*.json` file under the root, in path order,
-//! split into documents. Also the document parsing that kustomize resources share.
+//! Plain trees: every `*.yaml`, `*.yml` and `*.json` file under the root (kustomization
+//! files aside), in path order, split into documents. Also the document parsing that kustomize resources share.
 
 use std::path::{Path, PathBuf};
 
@@ -49,8 +49,10 @@ fn collect(repo: &Repo, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Render
     Ok(())
 }
 
+/// A manifest file; kustomization files further down are not objects and are skipped.
 fn is_manifest(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !crate::kustomization::FILE_NAMES.contains(&name) && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
 /// The objects in one file's text: `(document index, object)`, empty documents skipped,
