@@ -226,7 +226,7 @@ async fn a_signed_webhook_call_applies_a_commit_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     commit(&repo, &[("app.yaml", &app("1"))], &[], "second");
-    let post = |sig: String| {
+    let post = move |sig: String| {
         let body = br#"{"ref":"refs/heads/main"}"#;
         let mut s = std::net::TcpStream::connect(hook).unwrap();
         use std::io::{Read, Write};

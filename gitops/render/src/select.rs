@@ -92,62 +92,11 @@ fn match_atoms(atoms: &[(Atom, usize, usize)], s: &[char]) -> bool {
     run >= min && (min..=run).rev().any(|n| match_atoms(&atoms[1..], &s[n..]))
 }
 
-/// A Kubernetes label selector (`a=b`, `a==b`, `a!=b`, `a`, `!a`, `a in (x,y)`,
-/// `a notin (x)`), ANDed by commas.
+/// A Kubernetes label selector (`a=b`, `a!=b`, `a`, `!a`, `a in (x,y)`, `a notin (x)`),
+/// ANDed by commas, against `labels` (kapp-api's parser, shared with the apiserver).
 pub(crate) fn label_selector(sel: &str, labels: Option<&Map<String, Value>>) -> Result<bool, String> {
-    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    for req in split_requirements(sel) {
-        let req = req.trim();
-        if req.is_empty() {
-            continue;
-        }
-        let ok = if let Some((k, v)) = req.split_once("!=") {
-            get(k.trim()) != Some(v.trim())
-        } else if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
-            get(k.trim()) == Some(v.trim())
-        } else if let Some(k) = req.strip_prefix('!') {
-            get(k.trim()).is_none()
-        } else if let Some((k, set)) = req.split_once(" notin ").or_else(|| req.split_once(" in ")) {
-            let values = parse_set(set).ok_or_else(|| format!("bad selector {req:?}"))?;
-            let inside = get(k.trim()).is_some_and(|v| values.contains(&v));
-            if req.contains(" notin ") {
-                !inside
-            } else {
-                inside
-            }
-        } else if req.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
-            get(req).is_some()
-        } else {
-            return Err(format!("bad selector {req:?}"));
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Split at commas outside parentheses.
-fn split_requirements(sel: &str) -> Vec<&str> {
-    let (mut out, mut depth, mut start) = (Vec::new(), 0, 0);
-    for (i, c) in sel.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&sel[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&sel[start..]);
-    out
-}
-
-fn parse_set(set: &str) -> Option<Vec<&str>> {
-    let inner = set.trim().strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(str::trim).collect())
+    let parsed = kapp_api::selector::Selector::parse(sel)?;
+    Ok(parsed.matches(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(String::from)))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod patch;
 pub mod resource;
 pub mod schema;
+pub mod selector;
 pub mod table;
 pub mod validation;
 

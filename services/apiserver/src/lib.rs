@@ -12,7 +12,6 @@ mod apply;
 mod authz;
 mod codec;
 use kapp_api::patch;
-mod selector;
 mod util;
 
 use std::net::SocketAddr;
@@ -31,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 pub use authz::{Access, CONTROLLERS, GITOPS, NODES, SCHEDULER, VIEWERS};
-use selector::Selector;
+use kapp_api::selector::Selector;
 use util::{parse_query, status};
 
 /// Largest request body (an object).

@@ -37,8 +37,12 @@ impl ControlPlane {
 
     /// A kube-rs client with identity `cn` in `groups`.
     pub async fn client(&self, cn: &str, groups: &[&str]) -> kube::Client {
-        let pem = self.store.pki.ca.issue(cn, groups, &[]).expect("issue a client certificate");
-        kapp_runtime::client(&self.url, &pem).await.expect("kube client")
+        self.client_at(&self.url, cn, groups).await
+    }
+
+    /// A kube-rs client of the apiserver at `url` with identity `cn` in `groups`.
+    pub async fn client_at(&self, url: &str, cn: &str, groups: &[&str]) -> kube::Client {
+        kapp_runtime::client(url, &self.identity(cn, groups)).await.expect("kube client")
     }
 
     /// The PEM identity `cn` in `groups` (for kubeconfigs and processes).
@@ -71,6 +75,13 @@ impl ControlPlane {
         self.api = Some(start_api(&self.store, listener).await);
     }
 
+    /// Another apiserver (another "head") over store member `member`; its URL.
+    pub async fn extra_api(&self, member: u64) -> (ApiServer, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let url = format!("https://{}", listener.local_addr().expect("local addr"));
+        (serve(&self.store, self.store.client_of(member), listener).await, url)
+    }
+
     pub async fn shutdown(mut self) {
         self.stop_api().await;
         self.store.shutdown().await;
@@ -78,7 +89,11 @@ impl ControlPlane {
 }
 
 async fn start_api(store: &TestCluster, listener: tokio::net::TcpListener) -> ApiServer {
+    serve(store, store.client(), listener).await
+}
+
+async fn serve(store: &TestCluster, client: kapp_store_client::StoreClient, listener: tokio::net::TcpListener) -> ApiServer {
     let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).expect("issue the serving certificate");
-    let cfg = ApiServerConfig { tls: serving, store: store.client(), max_connections: 256, secret_key: Some(vec![7; 32]), audit_log: None, bookmark_interval: Duration::from_millis(500) };
+    let cfg = ApiServerConfig { tls: serving, store: client, max_connections: 256, secret_key: Some(vec![7; 32]), audit_log: None, bookmark_interval: Duration::from_millis(500) };
     ApiServer::start(cfg, listener).await.expect("start the apiserver")
 }
