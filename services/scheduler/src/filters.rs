@@ -53,18 +53,14 @@ impl PreFilter {
     pub fn new(snapshot: &Snapshot, pod: &PodInfo) -> Self {
         let namespaces = &snapshot.namespaces;
         let mut pre = PreFilter::default();
-        let nodes: HashMap<&str, &NodeInfo> = if snapshot.anti_affinity_pods.is_empty() {
-            HashMap::new()
-        } else {
-            snapshot.nodes.iter().map(|n| (n.name.as_str(), n)).collect()
-        };
         for placed in snapshot.anti_affinity_pods.values() {
-            let Some(node) = nodes.get(placed.node.as_str()) else { continue };
             for term in &placed.info.anti_affinity {
-                if term.matches(&pod.namespace, &pod.labels, namespaces) {
-                    if let Some(value) = node.labels.get(&term.topology_key) {
-                        pre.existing_anti.add(&term.topology_key, value);
-                    }
+                if !term.matches(&pod.namespace, &pod.labels, namespaces) {
+                    continue;
+                }
+                let value = snapshot.node(&placed.node).and_then(|n| n.labels.get(&term.topology_key));
+                if let Some(value) = value {
+                    pre.existing_anti.add(&term.topology_key, value);
                 }
             }
         }

@@ -108,7 +108,7 @@ impl Scheduler {
                 .map(|s| &s.selector)
                 .collect(),
         };
-        let cluster = Cluster { node_count: all, image_nodes: &snapshot.image_nodes };
+        let cluster = Cluster { node_count: all, zones: snapshot.zone_count(), image_nodes: &snapshot.image_nodes };
         let totals = score(&feasible, &pod, &spread, &cluster, &self.config.weights);
         let best = totals.iter().copied().max().unwrap_or(0);
         let ties: Vec<usize> = (0..totals.len()).filter(|&i| totals[i] == best).collect();

@@ -44,7 +44,16 @@ pub(crate) struct Spread<'a> {
 /// The whole cluster's figures some scores need.
 pub(crate) struct Cluster<'a> {
     pub node_count: usize,
+    pub zones: usize,
     pub image_nodes: &'a HashMap<String, usize>,
+}
+
+impl Cluster<'_> {
+    /// For each of the pod's images, the share of nodes that have it.
+    pub fn image_shares(&self, pod: &PodInfo) -> Vec<f64> {
+        let share = |image: &String| self.image_nodes.get(image).map_or(0, |n| *n) as f64 / self.node_count.max(1) as f64;
+        pod.images.iter().map(share).collect()
+    }
 }
 
 /// The weighted total for each of `nodes`.
@@ -61,7 +70,7 @@ pub(crate) fn score(nodes: &[&NodeInfo], pod: &PodInfo, spread: &Spread, cluster
     }
     if spread.owner_uid.is_some() || !spread.services.is_empty() {
         let counts = per_node(&|n| spread_count(n, pod, spread));
-        add(weights.selector_spread, &normalize_spread(nodes, counts));
+        add(weights.selector_spread, &normalize_spread(nodes, cluster.zones, counts));
     }
     if !pod.preferred_node_terms.is_empty() {
         let mut scores = per_node(&|n| preferred_node_affinity(n, pod));
@@ -73,8 +82,9 @@ pub(crate) fn score(nodes: &[&NodeInfo], pod: &PodInfo, spread: &Spread, cluster
         normalize(&mut scores, true);
         add(weights.taint_toleration, &scores);
     }
-    if pod.images.iter().any(|i| cluster.image_nodes.contains_key(i)) {
-        add(weights.image_locality, &per_node(&|n| image_locality(n, pod, cluster)));
+    let shares = cluster.image_shares(pod);
+    if shares.iter().any(|s| *s > 0.0) {
+        add(weights.image_locality, &per_node(&|n| image_locality(n, pod, &shares)));
     }
     totals
 }
@@ -99,16 +109,12 @@ pub(crate) fn least_allocated(node: &NodeInfo, pod: &PodInfo) -> i64 {
 /// after placing the pod.
 pub(crate) fn balanced_allocation(node: &NodeInfo, pod: &PodInfo) -> i64 {
     let (used, want, alloc) = (&node.usage.requested, &pod.requests.requests, &node.allocatable);
-    let fractions: Vec<f64> = [
-        (used.milli_cpu + want.milli_cpu, alloc.milli_cpu),
-        (used.memory + want.memory, alloc.memory),
-    ]
-    .into_iter()
-    .filter(|(_, alloc)| *alloc != 0)
-    .map(|(requested, alloc)| (requested as f64 / alloc as f64).min(1.0))
-    .collect();
-    let deviation = match fractions[..] {
-        [a, b] => ((a - b) / 2.0).abs(),
+    let fraction = |requested: i64, alloc: i64| (alloc != 0).then(|| (requested as f64 / alloc as f64).min(1.0));
+    let cpu = fraction(used.milli_cpu + want.milli_cpu, alloc.milli_cpu);
+    let memory = fraction(used.memory + want.memory, alloc.memory);
+    // With one resource (or none) there is nothing to balance.
+    let deviation = match (cpu, memory) {
+        (Some(a), Some(b)) => ((a - b) / 2.0).abs(),
         _ => 0.0,
     };
     ((1.0 - deviation) * MAX_SCORE as f64) as i64
@@ -117,7 +123,7 @@ pub(crate) fn balanced_allocation(node: &NodeInfo, pod: &PodInfo) -> i64 {
 /// Pods on the node the pod should be spread from (not terminating, same namespace).
 pub(crate) fn spread_count(node: &NodeInfo, pod: &PodInfo, spread: &Spread) -> i64 {
     if spread.services.is_empty() {
-        let uid = spread.owner_uid.unwrap_or_default();
+        let (Some(uid), false) = (spread.owner_uid, node.usage.owner_counts.is_empty()) else { return 0 };
         return node.usage.owner_counts.get(uid).copied().map_or(0, i64::from);
     }
     let selected = node.usage.pods.iter().filter(|placed| {
@@ -132,16 +138,17 @@ pub(crate) fn spread_count(node: &NodeInfo, pod: &PodInfo, spread: &Spread) -> i
 
 /// SelectorSpread's normalisation: fewer matching pods on the node scores higher, and
 /// when nodes have zones, fewer in the node's zone counts for two thirds.
-pub(crate) fn normalize_spread(nodes: &[&NodeInfo], counts: Vec<i64>) -> Vec<i64> {
+/// `zones`: how many zone numbers there are.
+pub(crate) fn normalize_spread(nodes: &[&NodeInfo], zones: usize, counts: Vec<i64>) -> Vec<i64> {
     const ZONE_WEIGHTING: f64 = 2.0 / 3.0;
     let max_by_node = counts.iter().copied().max().unwrap_or(0);
-    let mut by_zone: HashMap<&str, i64> = HashMap::new();
+    let mut by_zone = vec![0; zones];
     for (node, count) in nodes.iter().zip(&counts) {
-        if let Some(zone) = &node.zone {
-            *by_zone.entry(zone).or_default() += count;
+        if let Some(zone) = node.zone {
+            by_zone[zone] += count;
         }
     }
-    let max_by_zone = by_zone.values().copied().max().unwrap_or(0);
+    let max_by_zone = by_zone.iter().copied().max().unwrap_or(0);
     let max = MAX_SCORE as f64;
     nodes
         .iter()
@@ -151,10 +158,10 @@ pub(crate) fn normalize_spread(nodes: &[&NodeInfo], counts: Vec<i64>) -> Vec<i64
             if max_by_node > 0 {
                 score = max * (max_by_node - count) as f64 / max_by_node as f64;
             }
-            if let Some(zone) = &node.zone {
+            if let Some(zone) = node.zone {
                 let mut zone_score = max;
                 if max_by_zone > 0 {
-                    zone_score = max * (max_by_zone - by_zone[zone.as_str()]) as f64 / max_by_zone as f64;
+                    zone_score = max * (max_by_zone - by_zone[zone]) as f64 / max_by_zone as f64;
                 }
                 score = score * (1.0 - ZONE_WEIGHTING) + ZONE_WEIGHTING * zone_score;
             }
@@ -182,19 +189,15 @@ pub(crate) fn intolerable_taints(node: &NodeInfo, pod: &PodInfo) -> i64 {
 }
 
 /// ImageLocality: the sizes of the pod's images already on the node, each scaled by the
-/// share of nodes that have it, mapped from 23MB..1000MB per container onto 0..100.
-pub(crate) fn image_locality(node: &NodeInfo, pod: &PodInfo, cluster: &Cluster) -> i64 {
+/// share of nodes that have it (`shares`, from [`Cluster::image_shares`]), mapped from
+/// 23MB..1000MB per container onto 0..100.
+pub(crate) fn image_locality(node: &NodeInfo, pod: &PodInfo, shares: &[f64]) -> i64 {
     const MB: i64 = 1024 * 1024;
     const MIN_THRESHOLD: i64 = 23 * MB;
     const MAX_CONTAINER_THRESHOLD: i64 = 1000 * MB;
-    let sum: i64 = pod
-        .images
-        .iter()
-        .filter_map(|image| {
-            let size = node.images.get(image)?;
-            let spread = cluster.image_nodes.get(image).copied().unwrap_or(0) as f64 / cluster.node_count.max(1) as f64;
-            Some((*size as f64 * spread) as i64)
-        })
+    let sum: i64 = (pod.images.iter().zip(shares))
+        .filter(|(_, share)| **share > 0.0)
+        .filter_map(|(image, share)| Some((*node.images.get(image)? as f64 * share) as i64))
         .sum();
     let max_threshold = MAX_CONTAINER_THRESHOLD * pod.images.len() as i64;
     let sum = sum.clamp(MIN_THRESHOLD, max_threshold.max(MIN_THRESHOLD));

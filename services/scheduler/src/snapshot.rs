@@ -74,8 +74,9 @@ pub(crate) struct NodeInfo {
     pub allowed_pods: i64,
     /// Image name → size in bytes, for every name of every image the node reports.
     pub images: HashMap<String, i64>,
-    /// kube-scheduler's zone key (region and zone labels), for spreading.
-    pub zone: Option<String>,
+    /// kube-scheduler's zone key (region and zone labels) as an index into
+    /// `Snapshot::zones`, for spreading.
+    pub zone: Option<usize>,
     pub usage: Usage,
 }
 
@@ -97,7 +98,7 @@ impl NodeInfo {
         }
         Ok(NodeInfo {
             name: node.metadata.name.clone().unwrap_or_default(),
-            zone: zone_key(&labels),
+            zone: None,
             labels,
             taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
@@ -141,6 +142,8 @@ pub struct Snapshot {
     pub(crate) namespaces: HashMap<String, Labels>,
     /// Image name → how many nodes have it.
     pub(crate) image_nodes: HashMap<String, usize>,
+    /// Zone keys seen, numbered so spreading counts per zone without hashing strings.
+    zones: HashMap<String, usize>,
 }
 
 impl Snapshot {
@@ -152,13 +155,17 @@ impl Snapshot {
     /// the snapshot (no pod is placed on it) and the error names the field.
     pub fn upsert_node(&mut self, node: &Node) -> Result<(), ResourceError> {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let info = match NodeInfo::new(node) {
+        let mut info = match NodeInfo::new(node) {
             Ok(info) => info,
             Err(e) => {
                 self.remove_node(&name);
                 return Err(e);
             }
         };
+        if let Some(zone) = zone_key(&info.labels) {
+            let next = self.zones.len();
+            info.zone = Some(*self.zones.entry(zone).or_insert(next));
+        }
         self.count_images(&info, 1);
         match self.node_index.get(&name) {
             Some(&at) => {
@@ -167,7 +174,6 @@ impl Snapshot {
                 self.nodes[at].usage = old.usage;
             }
             None => {
-                let mut info = info;
                 info.usage = self.orphans.remove(&name).unwrap_or_default();
                 self.node_index.insert(name, self.nodes.len());
                 self.nodes.push(info);
@@ -291,13 +297,21 @@ impl Snapshot {
         self.namespaces.remove(name);
     }
 
+    pub(crate) fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.node_index.get(name).map(|&at| &self.nodes[at])
+    }
+
+    pub(crate) fn zone_count(&self) -> usize {
+        self.zones.len()
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
 
     /// What the pods on `node` request, and how many there are (assumed ones included).
     pub fn requested(&self, node: &str) -> Option<(Resources, usize)> {
-        let usage = &self.nodes[*self.node_index.get(node)?].usage;
+        let usage = &self.node(node)?.usage;
         Some((usage.requested.clone(), usage.pods.len()))
     }
 

@@ -314,7 +314,7 @@ fn other_scores() {
     let counts = each(&|n| scores::spread_count(n, &incoming, &spread));
     assert_eq!(counts, [2, 1, 0]);
     // a1: 0/3 + 2/3·0; a2: 50/3 + 0; b1: 100/3 + 2/3·100
-    assert_eq!(scores::normalize_spread(&feasible, counts), [0, 16, 100]);
+    assert_eq!(scores::normalize_spread(&feasible, 2, counts), [0, 16, 100]);
 
     let mut affinity = each(&|n| scores::preferred_node_affinity(n, &incoming));
     assert_eq!(affinity, [80, 100, 0]);
@@ -329,8 +329,9 @@ fn other_scores() {
     assert_eq!(scores::intolerable_taints(feasible[1], &tolerant), 0);
 
     // 500MB on one node of three: 500·⅓ ≈ 166MB; (166 - 23) / (1000 - 23) → 14
-    let cluster = Cluster { node_count: 3, image_nodes: &snapshot.image_nodes };
-    assert_eq!(each(&|n| scores::image_locality(n, &incoming, &cluster)), [14, 0, 0]);
+    let cluster = Cluster { node_count: 3, zones: 2, image_nodes: &snapshot.image_nodes };
+    let shares = cluster.image_shares(&incoming);
+    assert_eq!(each(&|n| scores::image_locality(n, &incoming, &shares)), [14, 0, 0]);
 }
 
 #[test]
