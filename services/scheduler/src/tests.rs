@@ -124,6 +124,23 @@ fn bad_quantities_name_pod_container_and_field() {
     let err = snapshot.upsert_node(&bad).unwrap_err();
     assert!(err.to_string().starts_with(r#"node n1: status.allocatable[memory]: "32 Gi" is not a quantity"#), "{err}");
     assert_eq!(snapshot.node_count(), 0, "a node that cannot be read takes no pods");
+
+    // A bound pod with unreadable requests still takes its pod slot.
+    let mut s = scheduler(&[node("n1", json!({"status": {"allocatable": {"pods": "1"}}}))], &[]);
+    let err = s.snapshot_mut().upsert_pod(&bound("b", "n1", json!({"spec": {"containers": [{"name": "app", "resources": {"requests": {"cpu": "x"}}}]}}))).unwrap_err();
+    assert!(err.to_string().starts_with(r#"pod default/b: container "app": resources.requests[cpu]: "x""#), "{err}");
+    assert_eq!(outcome(s.schedule(&pod("p", "1", json!({})))), "0/1 nodes are available: 1 Too many pods.");
+}
+
+#[test]
+fn namespace_selectors_read_namespace_labels() {
+    let mut s = scheduler(&[node("n1", json!({}))], &[bound("w", "n1", json!({"metadata": {"namespace": "prod", "labels": {"app": "web"}}}))]);
+    let anti = pod("p", "1", json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "web"}}, "namespaceSelector": {"matchLabels": {"env": "prod"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}));
+    // Namespace labels unknown: the selector matches no namespace, so nothing repels.
+    assert_eq!(outcome(s.schedule(&anti)), "n1");
+    s.snapshot_mut().upsert_namespace(&serde_json::from_value(json!({"metadata": {"name": "prod", "labels": {"env": "prod"}}})).unwrap());
+    assert_eq!(outcome(s.schedule(&anti)), "0/1 nodes are available: 1 node(s) didn't match pod anti-affinity rules.");
 }
 
 /// name, nodes, pods bound, the pod to place, the node or message wanted
