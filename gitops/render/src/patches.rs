@@ -38,7 +38,7 @@ impl Ctx<'_> {
     fn docs(&self, n: usize, text: &str) -> Result<Vec<Value>, RenderError> {
         let shown = self.repo.display(self.kfile);
         let docs = documents(&shown, text).map_err(|e| self.err(n, e.to_string()))?;
-        Ok(docs.into_iter().flatten().map(|(v, _)| v).collect())
+        Ok(docs.into_iter().flatten().collect())
     }
 }
 
@@ -138,12 +138,10 @@ fn strategic(ctx: &Ctx, n: usize, list: &mut Vec<Res>, target: Option<&Target>, 
             }
         }
         let (av, kind) = (r.api_version().to_string(), r.kind().to_string());
-        match kpatch::strategic_merge(&r.obj, &p, &av, &kind, ListOrder::PatchFirst).map_err(|e| ctx.err(n, format!("{}: {e}", r.id())))? {
-            Some(obj) => {
-                r.obj = obj;
-                keep.push(r);
-            }
-            None => {}
+        // `None`: the patch deletes the resource.
+        if let Some(obj) = kpatch::strategic_merge(&r.obj, &p, &av, &kind, ListOrder::PatchFirst).map_err(|e| ctx.err(n, format!("{}: {e}", r.id())))? {
+            r.obj = obj;
+            keep.push(r);
         }
     }
     *list = keep;

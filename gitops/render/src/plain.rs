@@ -60,9 +60,11 @@ fn is_manifest(path: &Path) -> bool {
 /// metadata.name.
 pub(crate) fn parse(file: &Path, text: &str) -> Result<Vec<(usize, Value)>, RenderError> {
     let mut out = Vec::new();
+    let starts = start_lines(text);
     for (index, doc) in documents(file, text)?.into_iter().enumerate() {
         let err = |line, reason: String| RenderError::Document { file: file.to_path_buf(), index, line, reason };
-        let Some((value, line)) = doc else { continue };
+        let Some(value) = doc else { continue };
+        let line = starts.get(index).copied();
         if value.get("kind").and_then(Value::as_str) == Some("List") {
             let items = value.get("items").and_then(Value::as_array).ok_or_else(|| err(line, "a List without items".into()))?;
             for (n, item) in items.iter().enumerate() {
@@ -77,9 +79,8 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Vec<(usize, Value)>, Rend
     Ok(out)
 }
 
-/// Every document of a (multi-document) YAML or JSON text, `None` for empty ones, with the
-/// line it starts on where known.
-pub(crate) fn documents(file: &Path, text: &str) -> Result<Vec<Option<(Value, Option<usize>)>>, RenderError> {
+/// Every document of a (multi-document) YAML or JSON text, `None` for empty ones.
+pub(crate) fn documents(file: &Path, text: &str) -> Result<Vec<Option<Value>>, RenderError> {
     let mut out = Vec::new();
     for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let err = |line, reason: String| RenderError::Document { file: file.to_path_buf(), index, line, reason };
@@ -92,9 +93,24 @@ pub(crate) fn documents(file: &Path, text: &str) -> Result<Vec<Option<(Value, Op
         if !value.is_object() {
             return Err(err(None, "a document must be a mapping".into()));
         }
-        out.push(Some((value, None)));
+        out.push(Some(value));
     }
     Ok(out)
+}
+
+/// The line each document starts on (its `---`, or line 1 for a first document without
+/// one), numbered as serde_yaml numbers documents.
+fn start_lines(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let separator = line.starts_with("---") && line[3..].chars().next().is_none_or(char::is_whitespace);
+        if separator {
+            starts.push(i + 1);
+        } else if starts.is_empty() && !line.trim().is_empty() && !line.starts_with('#') && !line.starts_with('%') {
+            starts.push(1);
+        }
+    }
+    starts
 }
 
 /// Which identifying field is missing: `Err("apiVersion" | "kind" | "metadata.name")`.
@@ -127,10 +143,12 @@ mod tests {
     #[test]
     fn errors_name_file_document_and_field() {
         let e = parse(Path::new("d/f.yaml"), "apiVersion: v1\nkind: ConfigMap\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {}\n").unwrap_err();
-        assert_eq!(e.to_string(), "d/f.yaml: document 0: missing metadata.name");
+        assert_eq!(e.to_string(), "d/f.yaml: document 0 (line 1): missing metadata.name");
         let e = parse(Path::new("f.yaml"), "kind: ConfigMap\n").unwrap_err();
-        assert_eq!(e.to_string(), "f.yaml: document 0: missing apiVersion");
+        assert_eq!(e.to_string(), "f.yaml: document 0 (line 1): missing apiVersion");
         let e = parse(Path::new("f.yaml"), "a: 1\n---\nb: [\n").unwrap_err().to_string();
         assert!(e.starts_with("f.yaml: document 1 (line "), "{e}");
+        assert_eq!(start_lines("# c\n---\na: 1\n--- \n---\nb: 2\n"), vec![2, 4, 5]);
+        assert_eq!(start_lines("a: 1\n---\nb: 2\n"), vec![1, 2]);
     }
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_json::Value;
 
-const CASES: &[&str] = &["nested", "generators", "images", "smp", "json6902", "labels", "targets"];
+const CASES: &[&str] = &["nested", "generators", "images", "smp", "json6902", "labels", "targets", "generator-merge"];
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case)

@@ -40,13 +40,13 @@ fn kustomize_documents_say_where_they_came_from() {
 #[test]
 fn a_bad_document_names_file_document_and_field() {
     let e = render(&fixture("bad-document")).unwrap_err();
-    assert_eq!(e.to_string(), "bad.yaml: document 1: missing kind");
+    assert_eq!(e.to_string(), "bad.yaml: document 1 (line 4): missing kind");
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "x.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\nkind: [\n");
     let e = render(dir.path()).unwrap_err().to_string();
     assert!(e.starts_with("x.yaml: document 1 (line "), "{e}");
     write(dir.path(), "x.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {}}\n");
-    assert_eq!(render(dir.path()).unwrap_err().to_string(), "x.yaml: document 0: missing metadata.name");
+    assert_eq!(render(dir.path()).unwrap_err().to_string(), "x.yaml: document 0 (line 1): missing metadata.name");
 }
 
 #[test]
