@@ -1,5 +1,6 @@
-//! Offline cluster generation. Today: the cluster CA and the store's certificates
-//! (`kapp gen pki`); machine configs and the other identities follow with `kapp gen cluster`.
+//! Offline cluster generation. Today: the cluster CA and the certificates of the store,
+//! the apiserver, gitops and a viewer (`kapp gen pki`); machine configs and node identities
+//! follow with `kapp gen cluster`.
 
 use std::path::{Path, PathBuf};
 
@@ -27,11 +28,24 @@ pub mod files {
     pub const STORE_KEY: &str = "store.key";
     pub const CLIENT_CERT: &str = "store-client.pem";
     pub const CLIENT_KEY: &str = "store-client.key";
+    pub const APISERVER_CERT: &str = "apiserver.pem";
+    pub const APISERVER_KEY: &str = "apiserver.key";
+    pub const GITOPS_CERT: &str = "gitops.pem";
+    pub const GITOPS_KEY: &str = "gitops.key";
+    pub const VIEWER_CERT: &str = "viewer.pem";
+    pub const VIEWER_KEY: &str = "viewer.key";
+}
+
+/// The apiserver's identity groups (kept in step with the apiserver's authorisation).
+pub mod groups {
+    pub const GITOPS: &str = "kapp:gitops";
+    pub const VIEWERS: &str = "kapp:viewers";
 }
 
 /// Write a new cluster CA, a certificate for store members (valid for `hosts`, groups
-/// `kapp:store-peer` and `kapp:store-client`) and a store client certificate into `out`.
-/// Refuses to overwrite an existing CA.
+/// `kapp:store-peer` and `kapp:store-client`), a store client certificate, the apiserver's
+/// serving certificate (valid for `hosts`; also its store client identity), and the
+/// gitops and viewer identities into `out`. Refuses to overwrite an existing CA.
 pub fn gen_pki(out: &Path, cluster: &str, hosts: &[&str]) -> Result<(), GenError> {
     if hosts.is_empty() {
         return Err(GenError::NoHosts);
@@ -46,6 +60,14 @@ pub fn gen_pki(out: &Path, cluster: &str, hosts: &[&str]) -> Result<(), GenError
     member.write_files(&out.join(files::CA_CERT), &out.join(files::STORE_CERT), &out.join(files::STORE_KEY))?;
     let client = ca.issue("store-client", &[CLIENT_GROUP], &[])?;
     client.write_files(&out.join(files::CA_CERT), &out.join(files::CLIENT_CERT), &out.join(files::CLIENT_KEY))?;
+    let identities: [(&str, &[&str], &[&str], &str, &str); 3] = [
+        ("apiserver", &[CLIENT_GROUP], hosts, files::APISERVER_CERT, files::APISERVER_KEY),
+        ("gitops", &[groups::GITOPS], &[], files::GITOPS_CERT, files::GITOPS_KEY),
+        ("viewer", &[groups::VIEWERS], &[], files::VIEWER_CERT, files::VIEWER_KEY),
+    ];
+    for (cn, orgs, sans, cert, key) in identities {
+        ca.issue(cn, orgs, sans)?.write_files(&out.join(files::CA_CERT), &out.join(cert), &out.join(key))?;
+    }
     write_private(&ca_key, ca.key_pem().as_bytes())
 }
 

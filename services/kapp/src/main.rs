@@ -45,6 +45,20 @@ enum GenCommand {
         #[arg(long, default_value = "127.0.0.1,localhost")]
         hosts: String,
     },
+    /// Print a kubeconfig for an identity (e.g. the viewer's: read-only).
+    Kubeconfig {
+        /// The apiserver, `https://host:port`.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+        /// Cluster name in the kubeconfig.
+        #[arg(long, default_value = "kapp")]
+        cluster: String,
+        /// User name in the kubeconfig.
+        #[arg(long, default_value = "viewer")]
+        user: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -327,7 +341,11 @@ fn main() -> Result<()> {
             Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {
                 let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                 kapp_bootstrap::gen_pki(&out, &cluster, &hosts)?;
-                println!("wrote a new cluster CA and store certificates to {}", out.display());
+                println!("wrote a new cluster CA and the store, apiserver, gitops and viewer certificates to {}", out.display());
+                Ok(())
+            }
+            Command::Gen(GenCommand::Kubeconfig { server, cluster, user, tls }) => {
+                print!("{}", kapp_runtime::kubeconfig(&cluster, &server, &user, &tls.load()?));
                 Ok(())
             }
         }
