@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use kapp_api::groups;
 use kapp_store_client::{CLIENT_GROUP, PEER_GROUP};
 use kapp_tls::pki::Ca;
 
@@ -36,11 +37,6 @@ pub mod files {
     pub const VIEWER_KEY: &str = "viewer.key";
 }
 
-/// The apiserver's identity groups (kept in step with the apiserver's authorisation).
-pub mod groups {
-    pub const GITOPS: &str = "kapp:gitops";
-    pub const VIEWERS: &str = "kapp:viewers";
-}
 
 /// Write a new cluster CA, a certificate for store members (valid for `hosts`, groups
 /// `kapp:store-peer` and `kapp:store-client`), a store client certificate, the apiserver's
@@ -94,6 +90,13 @@ mod tests {
         kapp_tls::server_config(&member, kapp_tls::ClientAuth::Required).unwrap();
         let ca = Ca::from_pem(&std::fs::read_to_string(dir.path().join(files::CA_CERT)).unwrap(), &std::fs::read_to_string(dir.path().join(files::CA_KEY)).unwrap()).unwrap();
         assert!(ca.cert_pem().contains("BEGIN CERTIFICATE"));
+        // Each identity carries its group, as the apiserver authorises it.
+        for (cert, cn, group) in [(files::APISERVER_CERT, "apiserver", CLIENT_GROUP), (files::GITOPS_CERT, "gitops", groups::GITOPS), (files::VIEWER_CERT, "viewer", groups::VIEWERS)] {
+            let pem = std::fs::read(dir.path().join(cert)).unwrap();
+            let der = rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap();
+            let id = kapp_tls::identity_from_der(&der).unwrap();
+            assert_eq!((id.common_name.as_str(), id.organizations.as_slice()), (cn, [group.to_string()].as_slice()));
+        }
         let err = gen_pki(dir.path(), "t", &["127.0.0.1"]).unwrap_err();
         assert!(matches!(err, GenError::Exists { .. }), "{err}");
         assert!(matches!(gen_pki(&dir.path().join("x"), "t", &[]).unwrap_err(), GenError::NoHosts));

@@ -2,6 +2,7 @@
 //! where objects live in the store (`keys`), and what makes an object valid (`validation`,
 //! `schema`). The apiserver builds on this; so will gitops' pre-apply validation.
 
+pub mod groups;
 pub mod kapp;
 pub mod keys;
 pub mod patch;

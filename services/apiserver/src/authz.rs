@@ -6,11 +6,7 @@
 
 use kapp_tls::Identity;
 
-pub const GITOPS: &str = "kapp:gitops";
-pub const CONTROLLERS: &str = "kapp:controllers";
-pub const SCHEDULER: &str = "kapp:scheduler";
-pub const NODES: &str = "kapp:nodes";
-pub const VIEWERS: &str = "kapp:viewers";
+pub use kapp_api::groups::{CONTROLLERS, GITOPS, NODES, SCHEDULER, VIEWERS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {

@@ -10,13 +10,7 @@ use kapp_store::testing::TestCluster;
 pub use kapp_store::testing;
 
 /// Identity groups, as the apiserver authorises them.
-pub mod groups {
-    pub const GITOPS: &str = "kapp:gitops";
-    pub const CONTROLLERS: &str = "kapp:controllers";
-    pub const SCHEDULER: &str = "kapp:scheduler";
-    pub const NODES: &str = "kapp:nodes";
-    pub const VIEWERS: &str = "kapp:viewers";
-}
+pub use kapp_api::groups;
 
 /// A store of `members` members and one apiserver over it.
 pub struct ControlPlane {
