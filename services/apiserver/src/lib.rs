@@ -588,18 +588,7 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     if let Err(errors) = validate(t.res, &obj) {
         return invalid(t, &name, errors);
     }
-    if t.res.has(kapp_api::Subresource::Status) {
-        // Status is written through the status subresource only, as in Kubernetes.
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
-    }
-    let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
-    meta.remove("resourceVersion");
-    meta.remove("deletionTimestamp");
-    meta.remove("deletionGracePeriodSeconds");
-    meta.insert("uid".into(), json!(util::uuid4()));
-    meta.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
+    let mut obj = stamp_new(t.res, obj);
     let key = object_key(t, &name);
     let value = ctx.codec.encode(t.res.kind, &obj);
     let txn = Txn { compare: vec![Compare::absent(key.clone())], success: vec![Op::Put { key: key.into_bytes(), value, prev_kv: false }], failure: vec![] };
@@ -710,10 +699,28 @@ fn expected_version(obj: &Value) -> Result<Option<i64>, Response<Body>> {
     }
 }
 
+/// A validated object about to be created: a new uid and creationTimestamp, no
+/// resourceVersion or deletion marks, and no status for kinds whose status is written
+/// through the status subresource only (as in Kubernetes).
+fn stamp_new(res: &Resource, mut obj: Value) -> Value {
+    if res.has(kapp_api::Subresource::Status) {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
+    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        meta.remove(k);
+    }
+    meta.insert("uid".into(), json!(util::uuid4()));
+    meta.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
+    obj
+}
+
 /// For kinds with a status subresource, the main resource never changes status and the
 /// status subresource changes nothing else.
-fn keep_status(t: &Target, stored: &Value, mut new: Value) -> Value {
-    if t.res.has(kapp_api::Subresource::Status) {
+fn keep_status(res: &Resource, stored: &Value, mut new: Value) -> Value {
+    if res.has(kapp_api::Subresource::Status) {
         match stored.get("status") {
             Some(st) => new["status"] = st.clone(),
             None => {
@@ -739,13 +746,13 @@ async fn update(ctx: &Ctx, t: &Target, name: &str, obj: Value, status: bool) -> 
         Ok(e) => e,
         Err(r) => return r,
     };
-    rewrite(ctx, t, name, expect, |stored| Change::To(if status { only_status(stored, &obj) } else { keep_status(t, stored, obj.clone()) })).await
+    rewrite(ctx, t, name, expect, |stored| Change::To(if status { only_status(stored, &obj) } else { keep_status(t.res, stored, obj.clone()) })).await
 }
 
 async fn patch_object(ctx: &Ctx, t: &Target, name: &str, kind: patch::PatchType, p: &Value, status_only: bool) -> Response<Body> {
     rewrite(ctx, t, name, None, |stored| match patch::apply(kind, stored, p) {
         Ok(o) if status_only => Change::To(only_status(stored, &o)),
-        Ok(o) => Change::To(keep_status(t, stored, o)),
+        Ok(o) => Change::To(keep_status(t.res, stored, o)),
         Err(e) => Change::Refuse(fail(422, "Invalid", &format!("the patch cannot be applied: {e}"))),
     })
     .await
