@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use kapp_api::kapp::{ApplyCounts, CommitInfo, GitSyncSpec, GitSyncStatus, SyncError, MANAGED_BY_LABEL};
+use kapp_api::kapp::{ApplyCounts, CommitInfo, GitSyncSpec, GitSyncStatus, SyncError, MANAGED_BY_LABEL, MAX_APPLY_ITEMS};
+use kapp_api::table::now_rfc3339;
 use kapp_api::{Resource, RESOURCES};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use serde_json::{json, Value};
@@ -43,9 +44,6 @@ pub enum SyncFailure {
     Fetch(String),
 }
 
-/// Most items of one Apply: the store's transaction limit (1,024 operations) less the
-/// GitSync itself. The apiserver refuses larger Applies with 413.
-const MAX_ITEMS: usize = 1023;
 
 /// Attempts of one apply that keeps meeting concurrent writes (409) before the next interval.
 const CONFLICT_RETRIES: usize = 3;
@@ -54,19 +52,20 @@ pub struct Gitops {
     client: kube::Client,
     cfg: GitopsConfig,
     status: GitSyncStatus,
+    /// The last commit rendered and what it rendered to (or why it was refused): a commit
+    /// is rendered and validated once, not at every poll.
+    rendered: Option<(String, Result<Arc<Vec<Desired>>, Vec<SyncError>>)>,
 }
 
 fn api_resource(r: &Resource) -> ApiResource {
     ApiResource { group: r.group.into(), version: r.version.into(), api_version: r.api_version(), kind: r.kind.into(), plural: r.plural.into() }
 }
 
-use kapp_api::table::now_rfc3339;
-
 impl Gitops {
     /// Start from the status already stored (so the applied commit survives restarts and
     /// changes of leader).
     pub async fn new(client: kube::Client, cfg: GitopsConfig) -> Gitops {
-        let mut g = Gitops { client, cfg, status: GitSyncStatus::default() };
+        let mut g = Gitops { client, cfg, status: GitSyncStatus::default(), rendered: None };
         let ar = api_resource(kapp_api::by_kind("kapp.dev/v1", "GitSync").expect("GitSync is served"));
         if let Ok(Some(o)) = Api::<DynamicObject>::all_with(g.client.clone(), &ar).get_opt(&g.cfg.name).await {
             if let Ok(st) = serde_json::from_value::<GitSyncStatus>(o.data["status"].clone()) {
@@ -114,7 +113,7 @@ impl Gitops {
             st.state = "Failed".into();
             match e {
                 SyncFailure::Invalid(errors) => {
-                    st.message = format!("commit {} refused: {}", st.fetched_commit.as_ref().map_or("", |c| c.sha.get(..8).unwrap_or(&c.sha)), first_reason(errors));
+                    st.message = format!("commit {} refused: {}", st.fetched_commit.as_ref().map_or("", |c| short(&c.sha)), first_reason(errors));
                     st.errors = errors.iter().take(100).cloned().collect();
                 }
                 other => {
@@ -139,17 +138,19 @@ impl Gitops {
             .await
             .map_err(|e| SyncFailure::Fetch(e.to_string()))?
             .map_err(|e| SyncFailure::Fetch(e.to_string()))?;
-        self.status.fetched_commit = Some(fetched.commit.clone());
-        self.status.last_fetch_time = now_rfc3339();
-        let root = fetched.dir.join(&self.cfg.path);
-        if !root.is_dir() {
-            return Err(SyncFailure::Invalid(vec![SyncError { file: self.cfg.path.clone(), reason: format!("path {:?} is not a directory in commit {}", self.cfg.path, fetched.commit.sha), ..Default::default() }]));
+        if self.status.fetched_commit.as_ref().map(|c| &c.sha) != Some(&fetched.commit.sha) {
+            self.status.fetched_commit = Some(fetched.commit.clone());
+            self.status.last_fetch_time = now_rfc3339();
         }
-        let docs = tokio::task::spawn_blocking(move || kapp_render::render(&root))
-            .await
-            .map_err(|e| SyncFailure::Fetch(e.to_string()))?
-            .map_err(|e| SyncFailure::Invalid(vec![render_error(&e)]))?;
-        let desired = plan::prepare(docs, &self.cfg.name).map_err(SyncFailure::Invalid)?;
+        let desired = match &self.rendered {
+            Some((sha, r)) if *sha == fetched.commit.sha => r.clone(),
+            _ => {
+                let r = self.render(&fetched).await?;
+                self.rendered = Some((fetched.commit.sha.clone(), r.clone()));
+                r
+            }
+        }
+        .map_err(SyncFailure::Invalid)?;
         if desired.iter().any(|d| d.res.kind == "ClusterSettings" && d.object["spec"]["suspend"].as_bool() == Some(true)) {
             let mut st = self.status.clone();
             st.state = "Suspended".into();
@@ -165,10 +166,22 @@ impl Gitops {
             attempt += 1;
             match self.apply(&desired, &fetched.commit).await {
                 Err(SyncFailure::Refused { code: 409, .. }) if attempt < CONFLICT_RETRIES => continue,
-                Err(SyncFailure::Refused { code: 422, causes, message }) => return Err(SyncFailure::Invalid(map_causes(&desired, &causes, &message))),
                 other => return other,
             }
         }
+    }
+
+    /// Render the fetched tree's path and validate every document.
+    async fn render(&self, fetched: &source::Fetched) -> Result<Result<Arc<Vec<Desired>>, Vec<SyncError>>, SyncFailure> {
+        let root = fetched.dir.join(&self.cfg.path);
+        if !root.is_dir() {
+            return Ok(Err(vec![SyncError { file: self.cfg.path.clone(), reason: format!("path {:?} is not a directory in commit {}", self.cfg.path, fetched.commit.sha), ..Default::default() }]));
+        }
+        let docs = tokio::task::spawn_blocking(move || kapp_render::render(&root)).await.map_err(|e| SyncFailure::Fetch(e.to_string()))?;
+        Ok(match docs {
+            Err(e) => Err(vec![SyncError { reason: e.to_string(), ..Default::default() }]),
+            Ok(docs) => plan::prepare(docs, &self.cfg.name).map(Arc::new),
+        })
     }
 
     /// Every live object this GitSync manages, by id.
@@ -230,15 +243,19 @@ impl Gitops {
         }
         // One transaction when the change fits; otherwise ordered chunks, the status saying
         // Applying until the last one lands.
-        let chunks: Vec<&[Value]> = if p.items.is_empty() { vec![&[]] } else { p.items.chunks(MAX_ITEMS).collect() };
+        let chunks: Vec<&[Value]> = if p.items.is_empty() { vec![&[]] } else { p.items.chunks(MAX_APPLY_ITEMS).collect() };
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
+            let sources = &p.sources[(i * MAX_APPLY_ITEMS).min(p.sources.len())..];
             let mut partial = st.clone();
             if i < last {
                 partial.state = "Applying".into();
                 partial.applied_commit = self.status.applied_commit.clone();
             }
-            self.post_apply(chunk.to_vec(), partial).await?;
+            match self.post_apply(chunk.to_vec(), partial).await {
+                Err(SyncFailure::Refused { code: 422, causes, message }) => return Err(SyncFailure::Invalid(map_causes(desired, sources, &causes, &message))),
+                other => other?,
+            }
         }
         if p.drifted > 0 {
             self.event("Warning", "DriftReverted", &format!("{} object(s) changed outside git were put back to commit {}", p.drifted, short(&commit.sha))).await;
@@ -280,7 +297,7 @@ impl Gitops {
         let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), "default");
         let now = now_rfc3339();
         let ev: Result<k8s_openapi::api::core::v1::Event, _> = serde_json::from_value(json!({
-            "metadata": {"name": format!("gitsync-{}.{:x}", self.cfg.name, rand_suffix()), "namespace": "default"},
+            "metadata": {"name": format!("gitsync-{}.{:x}", self.cfg.name, rand::random::<u64>()), "namespace": "default"},
             "involvedObject": {"apiVersion": "kapp.dev/v1", "kind": "GitSync", "name": self.cfg.name},
             "reason": reason, "message": message, "type": kind,
             "source": {"component": "kapp-gitops"},
@@ -292,13 +309,6 @@ impl Gitops {
             }
         }
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.finish()
 }
 
 fn short(sha: &str) -> &str {
@@ -320,12 +330,9 @@ fn first_reason(errors: &[SyncError]) -> String {
     }
 }
 
-fn render_error(e: &kapp_render::RenderError) -> SyncError {
-    SyncError { reason: e.to_string(), ..Default::default() }
-}
-
-/// The apiserver's 422 causes (`items[i].field`) back to the files they came from.
-fn map_causes(desired: &[Desired], causes: &[Value], message: &str) -> Vec<SyncError> {
+/// The apiserver's 422 causes (`items[k].<field>`) back to the files they came from:
+/// `sources[k]` is the desired object item `k` of the request was made from.
+fn map_causes(desired: &[Desired], sources: &[Option<usize>], causes: &[Value], message: &str) -> Vec<SyncError> {
     if causes.is_empty() {
         return vec![SyncError { reason: message.to_string(), ..Default::default() }];
     }
@@ -334,15 +341,34 @@ fn map_causes(desired: &[Desired], causes: &[Value], message: &str) -> Vec<SyncE
         .map(|c| {
             let field = c["field"].as_str().unwrap_or("");
             let reason = c["message"].as_str().unwrap_or("").to_string();
-            let from = field.strip_prefix("items[").and_then(|r| r.split_once(']')).and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest.trim_start_matches('.'))));
-            // Item indexes refer to the request; the request's objects carry their source.
-            match from {
-                Some((_, rest)) => {
-                    let d = desired.iter().find(|d| reason.starts_with(&d.id()));
+            let item = field.strip_prefix("items[").and_then(|r| r.split_once(']')).and_then(|(k, rest)| Some((k.parse::<usize>().ok()?, rest.trim_start_matches('.'))));
+            match item {
+                Some((k, rest)) => {
+                    let d = sources.get(k).copied().flatten().and_then(|i| desired.get(i));
                     SyncError { file: d.map_or(String::new(), |d| d.file.clone()), document: d.map(|d| d.document), object: d.map_or(String::new(), Desired::id), field: rest.to_string(), reason }
                 }
                 None => SyncError { field: field.to_string(), reason, ..Default::default() },
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apiserver_causes_point_back_at_the_document() {
+        let docs = vec![
+            kapp_render::Document { file: "a.yaml".into(), index: 0, object: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}) },
+            kapp_render::Document { file: "b.yaml".into(), index: 3, object: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}) },
+        ];
+        let desired = plan::prepare(docs, "cluster").unwrap();
+        // The request held a prune first, then b.yaml's object.
+        let sources = [None, Some(1)];
+        let causes = [json!({"field": "items[1].data", "message": "ConfigMap/default/b: data: Invalid value"}), json!({"field": "status.state", "message": "GitSync/cluster: bad"})];
+        let e = map_causes(&desired, &sources, &causes, "invalid");
+        assert_eq!((e[0].file.as_str(), e[0].document, e[0].object.as_str(), e[0].field.as_str()), ("b.yaml", Some(3), "ConfigMap/default/b", "data"));
+        assert_eq!((e[1].file.as_str(), e[1].field.as_str()), ("", "status.state"));
+    }
 }

@@ -66,9 +66,7 @@ const EXTRA: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n
 const BAD: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: shop\nspec:\n  ports:\n  - port: eighty\n";
 
 async fn sync_status(client: &kube::Client) -> GitSyncStatus {
-    let ar = ApiResource { group: "kapp.dev".into(), version: "v1".into(), api_version: "kapp.dev/v1".into(), kind: "GitSync".into(), plural: "gitsyncs".into() };
-    let o = Api::<DynamicObject>::all_with(client.clone(), &ar).get("cluster").await.unwrap();
-    serde_json::from_value(o.data["status"].clone()).unwrap()
+    sync_status_opt(client).await.expect("the GitSync has a status")
 }
 
 fn rv(o: &impl kube::Resource) -> String {

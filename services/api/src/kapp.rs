@@ -99,7 +99,7 @@ pub struct GitSyncStatus {
     pub fetched_commit: Option<CommitInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_commit: Option<CommitInfo>,
-    /// RFC 3339 time of the last fetch that succeeded.
+    /// RFC 3339 time the fetched commit was first fetched (not rewritten at every poll).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_fetch_time: String,
     /// RFC 3339 time of the last apply that changed something.
@@ -177,6 +177,10 @@ pub struct ClusterSettings {
     #[serde(default)]
     pub spec: ClusterSettingsSpec,
 }
+
+/// Most objects one Apply may change: one store transaction (1,024 operations) less the
+/// GitSync's own status. The apiserver refuses larger Applies; gitops chunks to fit.
+pub const MAX_APPLY_ITEMS: usize = 1023;
 
 /// Label every object gitops applied carries (value: the GitSync's name).
 pub const MANAGED_BY_LABEL: &str = "kapp.dev/gitsync";

@@ -21,13 +21,16 @@
 //! nodeName when the manifest leaves them out.
 
 use http::{Response, StatusCode};
+use kapp_api::kapp::MAX_APPLY_ITEMS;
 use kapp_api::{keys, validate, Resource};
 use kapp_store_client::{limits, Compare, KeyRange, Op, Txn};
 use kapp_tls::Body;
 use serde_json::{json, Value};
 
 use crate::util::{self, status};
-use crate::{fail, json_response, store_failure, Ctx, Target};
+use crate::{fail, json_response, keep_status, stamp_new, store_failure, Ctx, Target};
+
+const _: () = assert!(MAX_APPLY_ITEMS < limits::MAX_TXN_OPS, "an Apply's items and the GitSync must fit one transaction");
 
 /// One item of the request, resolved and validated.
 struct Item {
@@ -122,16 +125,7 @@ fn carry_over(res: &Resource, stored: &Value, mut new: Value) -> Value {
     if !finalizers.is_empty() {
         meta.insert("finalizers".into(), json!(finalizers));
     }
-    if res.has(kapp_api::Subresource::Status) {
-        match stored.get("status") {
-            Some(st) => new["status"] = st.clone(),
-            None => {
-                if let Some(m) = new.as_object_mut() {
-                    m.remove("status");
-                }
-            }
-        }
-    }
+    new = keep_status(res, stored, new);
     let keep: &[&str] = match res.kind {
         "Service" => &["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"],
         "Pod" => &["nodeName"],
@@ -145,21 +139,6 @@ fn carry_over(res: &Resource, stored: &Value, mut new: Value) -> Value {
         }
     }
     new
-}
-
-fn fresh(mut obj: Value, res: &Resource) -> Value {
-    if res.has(kapp_api::Subresource::Status) {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
-    }
-    let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
-    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"] {
-        meta.remove(k);
-    }
-    meta.insert("uid".into(), json!(util::uuid4()));
-    meta.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
-    obj
 }
 
 fn without_version(v: &Value) -> Value {
@@ -176,8 +155,8 @@ pub(crate) async fn apply(ctx: &Ctx, t: &Target, body: Value) -> Response<Body> 
     let Some(raw_items) = body["items"].as_array() else {
         return fail(400, "BadRequest", "an Apply needs an `items` list");
     };
-    if raw_items.len() + 1 > limits::MAX_TXN_OPS {
-        let msg = format!("an Apply may change at most {} objects in one transaction; this one has {}", limits::MAX_TXN_OPS - 1, raw_items.len());
+    if raw_items.len() > MAX_APPLY_ITEMS {
+        let msg = format!("an Apply may change at most {MAX_APPLY_ITEMS} objects in one transaction; this one has {}", raw_items.len());
         return fail(413, "RequestEntityTooLarge", &msg);
     }
     let dry_run = body["dryRun"].as_bool().unwrap_or(false);
@@ -267,7 +246,7 @@ pub(crate) async fn apply(ctx: &Ctx, t: &Target, body: Value) -> Response<Body> 
         };
         let action = match (&item.object, &old) {
             (Some(obj), None) => {
-                let new = fresh(obj.clone(), item.res);
+                let new = stamp_new(item.res, obj.clone());
                 txn.success.push(Op::Put { key: item.key.clone().into_bytes(), value: ctx.codec.encode(item.res.kind, &new), prev_kv: false });
                 "created"
             }
