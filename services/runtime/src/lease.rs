@@ -156,9 +156,8 @@ where
         }
         if task.is_some() && !elector.holds() {
             tracing::warn!(lease = %cfg.name, holder = %cfg.holder, "lost leadership");
-            if let Some((h, tx)) = task.take() {
-                let _ = tx.send(true);
-                h.abort();
+            if let Some(t) = task.take() {
+                stop_work(t).await;
             }
         }
         tokio::select! {
@@ -166,9 +165,16 @@ where
             _ = tokio::time::sleep(renew_every) => {}
         }
     }
-    if let Some((h, tx)) = task.take() {
-        let _ = tx.send(true);
-        h.abort();
+    // The work has stopped before the Lease is given up, so two never overlap.
+    if let Some(t) = task.take() {
+        stop_work(t).await;
     }
     elector.release().await;
+}
+
+/// Tell the work it lost leadership, cancel it, and wait until it no longer runs.
+async fn stop_work((handle, lost): (tokio::task::JoinHandle<()>, watch::Sender<bool>)) {
+    let _ = lost.send(true);
+    handle.abort();
+    let _ = handle.await;
 }
