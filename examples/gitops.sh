@@ -4,14 +4,7 @@
 # and a broken manifest, and shows the cluster following the first and refusing the second,
 # read through kubectl with a read-only kubeconfig. Leaves everything running until Ctrl-C
 # (KAPP_DEMO_EXIT=1 exits at the end). Run as root on Debian 12.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-tests/install-deps.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/kapp/target}"
-cargo build --workspace --tests --bins
-kapp="$CARGO_TARGET_DIR/debug/kapp"
-state="${KAPP_STATE:-/var/tmp/kapp-gitops-demo}"
-rm -rf "$state" && mkdir -p "$state"
+source "$(dirname "$0")/setup.sh" /var/tmp/kapp-gitops-demo
 "$kapp" gen pki --out "$state/pki" >/dev/null
 pki="$state/pki"
 pids=()

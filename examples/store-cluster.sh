@@ -2,14 +2,7 @@
 # kapp's replicated store, end to end on this machine: three members on loopback with
 # mutual TLS, a leader killed with SIGKILL, a new leader elected, the killed member back
 # from its disk. Leaves the cluster running until Ctrl-C. Run as root on Debian 12.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-tests/install-deps.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/kapp/target}"
-cargo build --workspace --tests --bins
-kapp="$CARGO_TARGET_DIR/debug/kapp"
-state="${KAPP_STATE:-/var/tmp/kapp-store-demo}"
-rm -rf "$state" && mkdir -p "$state"
+source "$(dirname "$0")/setup.sh" /var/tmp/kapp-store-demo
 "$kapp" gen pki --out "$state/pki"
 ports=(23791 23792 23793)
 members="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
