@@ -113,7 +113,7 @@ pub fn contains(live: &Value, want: &Value) -> bool {
     match (live, want) {
         (Value::Object(l), Value::Object(w)) => w.iter().all(|(k, wv)| match l.get(k) {
             Some(lv) => contains(lv, wv),
-            None => wv.is_null() || wv.as_object().is_some_and(|m| m.is_empty()) || wv.as_array().is_some_and(|a| a.is_empty()),
+            None => says_nothing(wv),
         }),
         (Value::Array(l), Value::Array(w)) => l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv)),
         (Value::Number(l), Value::Number(w)) => l == w || l.as_f64() == w.as_f64(),
@@ -121,26 +121,33 @@ pub fn contains(live: &Value, want: &Value) -> bool {
     }
 }
 
-/// Whether the live object matches the desired one, ignoring the commit annotation and,
-/// for kinds whose status is written elsewhere, status.
+/// Whether `v` says nothing (absent, null, `{}` or `[]`).
+fn says_nothing(v: &Value) -> bool {
+    v.is_null() || v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
+}
+
+/// Whether the live object matches the desired one: `contains` for everything, except
+/// that labels and annotations must match exactly (one removed in git is removed live
+/// too), the commit annotation is ignored, and so is status for kinds whose status is
+/// written elsewhere. Runs for every managed object at every poll, so it compares in
+/// place rather than copying objects.
 pub fn in_sync(res: &Resource, live: &Value, want: &Value) -> bool {
-    let mut want = want.clone();
-    if res.has(kapp_api::Subresource::Status) {
-        if let Some(m) = want.as_object_mut() {
-            m.remove("status");
-        }
-    }
-    let mut live = live.clone();
-    if let Some(a) = live["metadata"]["annotations"].as_object_mut() {
-        a.remove(COMMIT_ANNOTATION);
-    }
-    // Labels and annotations must match exactly: one removed in git is removed live too.
-    let same_meta = ["labels", "annotations"].iter().all(|k| {
-        let l = live["metadata"].get(*k).cloned().unwrap_or_else(|| json!({}));
-        let w = want["metadata"].get(*k).cloned().unwrap_or_else(|| json!({}));
-        l == w
-    });
-    same_meta && contains(&live, &want)
+    let (Some(l), Some(w)) = (live.as_object(), want.as_object()) else { return false };
+    let skip_status = res.has(kapp_api::Subresource::Status);
+    let body = w.iter().filter(|(k, _)| *k != "metadata" && !(skip_status && *k == "status")).all(|(k, wv)| l.get(k).map_or_else(|| says_nothing(wv), |lv| contains(lv, wv)));
+    body && metadata_in_sync(&live["metadata"], &want["metadata"])
+}
+
+/// The entries of the map `m[k]` (none if absent), without the commit annotation.
+fn entries<'a>(m: &'a Value, k: &str) -> impl Iterator<Item = (&'a String, &'a Value)> {
+    m.get(k).and_then(Value::as_object).into_iter().flatten().filter(|(k, _)| *k != COMMIT_ANNOTATION)
+}
+
+fn metadata_in_sync(live: &Value, want: &Value) -> bool {
+    // Order-independent: serde_json maps may keep insertion order.
+    let exact = |k: &str| entries(live, k).count() == entries(want, k).count() && entries(want, k).all(|(name, v)| live[k].get(name) == Some(v));
+    let rest = want.as_object().is_none_or(|w| w.iter().filter(|(k, _)| *k != "labels" && *k != "annotations").all(|(k, wv)| live.get(k).map_or_else(|| says_nothing(wv), |lv| contains(lv, wv))));
+    exact("labels") && exact("annotations") && rest
 }
 
 /// What one apply must do.
