@@ -439,6 +439,20 @@ struct Sim {
 /// takes effect at a random point inside its interval (or, for unknown
 /// outcomes, at a random later point or never) and outputs are computed by
 /// applying the operations in that order to a sequential map.
+/// Give every completed operation the output it gets when the operations take effect in
+/// the order of `effects` (effect time, tie-break, index into `history`).
+fn settle_outputs(history: &mut [Operation], mut effects: Vec<(u64, u64, usize)>) {
+    effects.sort_unstable();
+    let mut state: HashMap<String, Option<String>> = HashMap::new();
+    for (_, _, i) in effects {
+        let o = &mut history[i];
+        let out = apply(state.entry(o.key.clone()).or_default(), &o.input);
+        if o.ret.is_some() {
+            o.output = out;
+        }
+    }
+}
+
 fn simulate(seed: u64, sim: &Sim) -> Vec<Operation> {
     let mut rng = XorShift::new(seed);
     let mut next_call: Vec<u64> = (0..sim.clients).map(|_| rng.below(50)).collect();
@@ -489,15 +503,7 @@ fn simulate(seed: u64, sim: &Sim) -> Vec<Operation> {
             output: Output::Unknown,
         });
     }
-    effects.sort_unstable();
-    let mut state: HashMap<String, Option<String>> = HashMap::new();
-    for (_, _, i) in effects {
-        let o = &mut history[i];
-        let out = apply(state.entry(o.key.clone()).or_default(), &o.input);
-        if o.ret.is_some() {
-            o.output = out;
-        }
-    }
+    settle_outputs(&mut history, effects);
     history
 }
 
@@ -624,15 +630,7 @@ fn tiny_history(rng: &mut XorShift) -> Vec<Operation> {
             output: Output::Unknown,
         });
     }
-    effects.sort_unstable();
-    let mut state: HashMap<String, Option<String>> = HashMap::new();
-    for (_, _, i) in effects {
-        let o = &mut history[i];
-        let out = apply(state.entry(o.key.clone()).or_default(), &o.input);
-        if o.ret.is_some() {
-            o.output = out;
-        }
-    }
+    settle_outputs(&mut history, effects);
     if rng.below(3) > 0 {
         let i = rng.below(n as u64) as usize;
         history[i].output = match &history[i].input {
