@@ -33,7 +33,7 @@ pub use body::{
     boxed, collect_limited, empty, full, stream_body, Body, BodyError,
 };
 pub use client::{H2Client, DEFAULT_CONNECT_TIMEOUT};
-pub use server::serve;
+pub use server::{serve, Handler};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

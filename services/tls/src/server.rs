@@ -16,6 +16,12 @@ use tracing::{debug, info, warn};
 
 use crate::{identity_from_der, Body, Identity};
 
+/// What serves a request: called with the request and the peer's identity (when it sent a
+/// client certificate from the cluster CA).
+pub trait Handler<F>: Fn(http::Request<hyper::body::Incoming>, Option<Arc<Identity>>) -> F + Clone + Send + Sync + 'static {}
+
+impl<H, F> Handler<F> for H where H: Fn(http::Request<hyper::body::Incoming>, Option<Arc<Identity>>) -> F + Clone + Send + Sync + 'static {}
+
 /// Time allowed for a client to complete the TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight connections may take to finish once shutdown starts.
@@ -52,11 +58,7 @@ pub async fn serve<H, F>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
-    H: Fn(http::Request<hyper::body::Incoming>, Option<Arc<Identity>>) -> F
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    H: Handler<F>,
     F: Future<Output = http::Response<Body>> + Send + 'static,
 {
     let local_addr = listener.local_addr().ok();
@@ -159,11 +161,7 @@ async fn serve_connection<H, F>(
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) where
-    H: Fn(http::Request<hyper::body::Incoming>, Option<Arc<Identity>>) -> F
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    H: Handler<F>,
     F: Future<Output = http::Response<Body>> + Send + 'static,
 {
     if let Err(error) = tcp.set_nodelay(true) {

@@ -102,11 +102,7 @@ fn spawn_serve<H, F>(
     handler: H,
 ) -> (oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)
 where
-    H: Fn(http::Request<hyper::body::Incoming>, Option<Arc<Identity>>) -> F
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    H: crate::server::Handler<F>,
     F: std::future::Future<Output = http::Response<Body>> + Send + 'static,
 {
     let tls = server_config(pem, ClientAuth::Required).unwrap();
