@@ -260,10 +260,15 @@ pub(crate) async fn apply(ctx: &Ctx, t: &Target, body: Value) -> Response<Body> 
                 }
             }
             (None, Some(old)) => {
+                let namespace = item.res.kind == "Namespace";
                 let finalizers = old["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-                if finalizers {
-                    // Deletion waits for the finalizers' owners, as a DELETE would.
+                if finalizers || namespace {
+                    // Deletion waits for the finalizers' owners, as a DELETE would; a
+                    // Namespace waits for the namespace controller to empty it.
                     let mut marked = old.clone();
+                    if namespace {
+                        crate::mark_namespace_terminating(&mut marked);
+                    }
                     if !marked["metadata"]["deletionTimestamp"].is_string() {
                         marked["metadata"]["deletionTimestamp"] = json!(util::now_rfc3339());
                         marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);

@@ -9,6 +9,8 @@ use kapp_store::testing::TestCluster;
 
 pub use kapp_store::testing;
 
+pub mod hollow;
+
 /// Identity groups, as the apiserver authorises them.
 pub use kapp_api::groups;
 
