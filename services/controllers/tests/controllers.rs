@@ -476,3 +476,35 @@ async fn endpointslices_follow_ready_pods_and_namespaces_are_emptied_on_delete()
     assert!(deployments.list(&ListParams::default()).await.unwrap().items.is_empty());
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cronjob_starts_a_job_on_the_minute_and_keeps_its_history_short() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    let c = start(&["n1"], fast()).await;
+    c.create::<CronJob>(json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick", "namespace": "default"},
+        "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 1,
+                 "jobTemplate": {"spec": {"template": {"metadata": {"annotations": {EXIT_ANNOTATION: "0"}},
+                                                       "spec": {"restartPolicy": "Never", "containers": [{"name": "t", "image": "tick:1"}]}}}}}
+    }))
+    .await;
+    let jobs: Api<Job> = c.api();
+    let cj: Api<CronJob> = c.api();
+    // The next minute boundary is at most 60 s away.
+    wait_for("a completed Job and lastSuccessfulTime", 80, || async {
+        let done = jobs.list(&ListParams::default()).await.unwrap().items.iter().any(|j| {
+            j.name_any().starts_with("tick-") && j.status.as_ref().and_then(|s| s.succeeded) == Some(1)
+        });
+        let st = cj.get("tick").await.unwrap().status.unwrap_or_default();
+        done && st.last_schedule_time.is_some() && st.last_successful_time.is_some()
+    })
+    .await;
+    let js = jobs.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(js.len(), 1, "one run so far");
+    let j = &js[0];
+    let minute: i64 = j.name_any().strip_prefix("tick-").unwrap().parse().unwrap();
+    let scheduled = cj.get("tick").await.unwrap().status.unwrap().last_schedule_time.unwrap().0.as_second();
+    assert_eq!(minute * 60, scheduled, "the Job is named after its scheduled minute");
+    assert!(j.owner_references().iter().any(|r| r.kind == "CronJob" && r.name == "tick"));
+    c.stop().await;
+}
