@@ -5,7 +5,7 @@
 //! A pod that fits nowhere gets PodScheduled=False with kube-scheduler's message and waits
 //! until a change that could help (or the periodic flush) brings it back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +30,13 @@ const FLUSH: Duration = Duration::from_secs(30);
 struct State {
     sched: Scheduler,
     waiting: HashMap<String, Unschedulable>,
+    /// Pods assumed and being bound (or bound and not yet seen bound by the informer):
+    /// never decided twice.
+    binding: HashSet<String>,
 }
+
+/// Bindings written at once; the next decisions do not wait for them (the pod is assumed).
+const BINDS_IN_FLIGHT: usize = 32;
 
 struct Loop {
     client: kube::Client,
@@ -38,6 +44,7 @@ struct Loop {
     state: Mutex<State>,
     queue: Arc<Queue>,
     events: Recorder,
+    binds: Arc<tokio::sync::Semaphore>,
 }
 
 fn ours(pod: &Pod) -> bool {
@@ -61,7 +68,7 @@ impl Loop {
         }
     }
 
-    async fn reconcile(&self, key: &str) -> Result<Next, Error> {
+    async fn reconcile(self: &Arc<Self>, key: &str) -> Result<Next, Error> {
         let Some(pod) = self.pods.get(key) else {
             self.state.lock().expect("state lock").waiting.remove(key);
             return Ok(Next::Done);
@@ -70,45 +77,61 @@ impl Loop {
             return Ok(Next::Done);
         }
         let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let permit = self.binds.clone().acquire_owned().await.expect("the semaphore is never closed");
         let decision = {
             let mut st = self.state.lock().expect("state lock");
+            if st.binding.contains(key) {
+                return Ok(Next::Done);
+            }
             let d = st.sched.schedule(&pod);
             if let Ok(node) = &d {
                 if let Err(e) = st.sched.snapshot_mut().assume(&pod, node) {
                     return Err(Error::Invalid(format!("pod {key}: {e}")));
                 }
+                st.binding.insert(key.to_string());
             }
             d
         };
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         match decision {
             Ok(node) => {
-                let binding = Binding {
-                    metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), uid: pod.uid(), ..Default::default() },
-                    target: ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(node.clone()), ..Default::default() },
-                };
-                match api.create_subresource::<Binding, serde_json::Value>("binding", &name, &PostParams::default(), &binding).await {
-                    Ok(_) => {
-                        self.events.record(pod.as_ref(), false, "Scheduled", format!("Successfully assigned {ns}/{name} to {node}"));
-                        Ok(Next::Done)
-                    }
-                    Err(e) => {
-                        self.state.lock().expect("state lock").sched.snapshot_mut().remove_pod(&ns, &name);
-                        match e {
-                            // Bound meanwhile (or gone): the informer tells the rest.
-                            kube::Error::Api(ref r) if r.code == 404 || r.code == 409 => Ok(Next::Done),
-                            e => Err(e.into()),
+                // Bind in the background: the next decision already counts this pod.
+                let (l, key) = (self.clone(), key.to_string());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let binding = Binding {
+                        metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), uid: pod.uid(), ..Default::default() },
+                        target: ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(node.clone()), ..Default::default() },
+                    };
+                    match api.create_subresource::<Binding, serde_json::Value>("binding", &name, &PostParams::default(), &binding).await {
+                        Ok(_) => l.events.record(pod.as_ref(), false, "Scheduled", format!("Successfully assigned {ns}/{name} to {node}")),
+                        Err(e) => {
+                            let mut st = l.state.lock().expect("state lock");
+                            st.sched.snapshot_mut().remove_pod(&ns, &name);
+                            st.binding.remove(&key);
+                            drop(st);
+                            match e {
+                                // Bound meanwhile (or gone): the informer tells the rest.
+                                kube::Error::Api(ref r) if r.code == 404 || r.code == 409 => {}
+                                e => {
+                                    tracing::debug!(pod = %key, error = %e, "binding failed; retrying");
+                                    l.queue.retry(&key);
+                                }
+                            }
                         }
                     }
-                }
+                });
+                Ok(Next::Done)
             }
             Err(ScheduleError::Unschedulable(u)) => {
+                drop(permit);
                 let message = u.to_string();
                 self.state.lock().expect("state lock").waiting.insert(key.to_string(), u);
                 self.mark_unschedulable(&api, &pod, "Unschedulable", &message).await?;
                 Ok(Next::Done)
             }
             Err(ScheduleError::InvalidPod(e)) => {
+                drop(permit);
                 self.mark_unschedulable(&api, &pod, "SchedulerError", &e.to_string()).await?;
                 Ok(Next::Done)
             }
@@ -141,8 +164,9 @@ async fn run(client: kube::Client, config: kapp_scheduler::Config) {
         events: Recorder::new(client.clone(), "default-scheduler"),
         client: client.clone(),
         pods: Cache::new(),
-        state: Mutex::new(State { sched: Scheduler::new(config), waiting: HashMap::new() }),
+        state: Mutex::new(State { sched: Scheduler::new(config), waiting: HashMap::new(), binding: HashSet::new() }),
         queue: Queue::new("scheduler"),
+        binds: Arc::new(tokio::sync::Semaphore::new(BINDS_IN_FLIGHT)),
     });
     let nodes: Arc<Cache<Node>> = Cache::new();
     let services: Arc<Cache<Service>> = Cache::new();
@@ -170,6 +194,7 @@ async fn run(client: kube::Client, config: kapp_scheduler::Config) {
             let mut st = l.state.lock().expect("state lock");
             match new {
                 Some(p) if bound(p) && is_active(p) => {
+                    st.binding.remove(&key_of(p));
                     if let Err(e) = st.sched.snapshot_mut().upsert_pod(p) {
                         tracing::warn!(pod = %key_of(p), error = %e, "pod ignored by the scheduler");
                     }
@@ -184,6 +209,10 @@ async fn run(client: kube::Client, config: kapp_scheduler::Config) {
                         }
                         if new.is_none() {
                             st.waiting.remove(&key_of(p));
+                            if st.binding.remove(&key_of(p)) {
+                                // Deleted while assumed: release what it held.
+                                st.sched.snapshot_mut().remove_pod(&p.namespace().unwrap_or_default(), &p.name_any());
+                            }
                         }
                     }
                 }
