@@ -8,6 +8,7 @@
 //! client certificate, coarse authorisation by group (see `authz`). Objects are stored as
 //! JSON; `resourceVersion` is the store's `mod_revision`.
 
+mod alloc;
 mod apply;
 mod authz;
 mod codec;
@@ -592,18 +593,45 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     if let Some(r) = refuse_if_terminating(ctx, t).await {
         return r;
     }
-    let mut obj = stamp_new(t.res, obj);
+    let fresh = stamp_new(t.res, obj);
     let key = object_key(t, &name);
-    let value = ctx.codec.encode(t.res.kind, &obj);
-    let txn = Txn { compare: vec![Compare::absent(key.clone())], success: vec![Op::Put { key: key.into_bytes(), value, prev_kv: false }], failure: vec![] };
-    match ctx.store.txn(txn).await {
-        Err(e) => store_failure(e),
-        Ok(r) if !r.succeeded => json_response(StatusCode::CONFLICT, &status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.res.plural), Some(json!({"name": name, "kind": t.res.plural})))),
-        Ok(r) => {
-            obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
-            json_response(StatusCode::CREATED, &obj)
+    // A Service's addresses are claimed in the same transaction; a collision with another
+    // Service's (rare: random picks) is retried with new picks.
+    for _ in 0..WRITE_ATTEMPTS {
+        let mut obj = fresh.clone();
+        let (mut compare, mut ops) = (vec![Compare::absent(key.clone())], Vec::new());
+        if t.res.kind == "Service" {
+            match alloc::settle(None, &mut obj) {
+                Ok((c, o)) => {
+                    compare.extend(c);
+                    ops.extend(o);
+                }
+                Err(errors) => return invalid(t, &name, errors),
+            }
+        }
+        let value = ctx.codec.encode(t.res.kind, &obj);
+        ops.push(Op::Put { key: key.clone().into_bytes(), value, prev_kv: false });
+        match ctx.store.txn(Txn { compare, success: ops, failure: vec![] }).await {
+            Err(e) => return store_failure(e),
+            Ok(r) if r.succeeded => {
+                obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
+                return json_response(StatusCode::CREATED, &obj);
+            }
+            Ok(_) => match ctx.store.get(key.clone()).await {
+                Err(e) => return store_failure(e),
+                Ok(Some(_)) => return json_response(StatusCode::CONFLICT, &status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.res.plural), Some(json!({"name": name, "kind": t.res.plural})))),
+                // An address the client asked for is taken; a random pick is tried again.
+                Ok(None) if fresh["spec"]["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty() && ip != "None") => {
+                    return invalid(t, &name, vec![kapp_api::FieldError { field: "spec.clusterIP".into(), kind: kapp_api::ErrorType::Invalid, detail: format!("{}: provided IP is already allocated", fresh["spec"]["clusterIP"]) }]);
+                }
+                Ok(None) if fresh["spec"]["ports"].as_array().is_some_and(|ps| ps.iter().any(|p| p["nodePort"].is_i64())) => {
+                    return invalid(t, &name, vec![kapp_api::FieldError { field: "spec.ports[].nodePort".into(), kind: kapp_api::ErrorType::Invalid, detail: "provided port is already allocated".into() }]);
+                }
+                Ok(None) => continue,
+            },
         }
     }
+    fail(409, "Conflict", &format!("{} \"{name}\": no free address after {WRITE_ATTEMPTS} attempts", t.res.plural))
 }
 
 /// Kubernetes refuses new objects in a Namespace that is being deleted, so the namespace
@@ -662,11 +690,11 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
                 && obj["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
                 && obj["metadata"]["deletionGracePeriodSeconds"].as_i64().is_none_or(|g| g == 0));
         if finished {
-            let txn = Txn {
-                compare: vec![Compare::mod_revision(key.clone(), expect.unwrap_or(current.mod_revision))],
-                success: vec![Op::Delete { range: KeyRange::single(key.clone()), prev_kv: false }],
-                failure: vec![],
-            };
+            let mut success = vec![Op::Delete { range: KeyRange::single(key.clone()), prev_kv: false }];
+            if t.res.kind == "Service" {
+                success.extend(alloc::release(&stored));
+            }
+            let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), expect.unwrap_or(current.mod_revision))], success, failure: vec![] };
             match ctx.store.txn(txn).await {
                 Err(e) => return store_failure(e),
                 Ok(r) if r.succeeded => {
@@ -691,9 +719,20 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
         meta.remove("resourceVersion");
         meta.insert("uid".into(), stored["metadata"]["uid"].clone());
         meta.insert("creationTimestamp".into(), stored["metadata"]["creationTimestamp"].clone());
-        let value = ctx.codec.encode(t.res.kind, &obj);
         let base = expect.unwrap_or(current.mod_revision);
-        let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), base)], success: vec![Op::Put { key: key.clone().into_bytes(), value, prev_kv: false }], failure: vec![] };
+        let (mut compare, mut success) = (vec![Compare::mod_revision(key.clone(), base)], Vec::new());
+        if t.res.kind == "Service" {
+            match alloc::settle(Some(&stored), &mut obj) {
+                Ok((c, o)) => {
+                    compare.extend(c);
+                    success.extend(o);
+                }
+                Err(errors) => return invalid(t, name, errors),
+            }
+        }
+        let value = ctx.codec.encode(t.res.kind, &obj);
+        success.push(Op::Put { key: key.clone().into_bytes(), value, prev_kv: false });
+        let txn = Txn { compare, success, failure: vec![] };
         match ctx.store.txn(txn).await {
             Err(e) => return store_failure(e),
             Ok(r) if r.succeeded => {
