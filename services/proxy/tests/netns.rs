@@ -27,6 +27,7 @@ use serde_json::json;
 
 const SERVER_ENV: &str = "KAPP_NETNS_SERVER";
 const CLIENT_ENV: &str = "KAPP_NETNS_CLIENT";
+const UDP_CLIENT_ENV: &str = "KAPP_NETNS_UDP_CLIENT";
 
 /// Not a test: the server and client this file's tests run inside namespaces.
 #[test]
@@ -46,6 +47,20 @@ fn helper_process() {
             let peer = s.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
             let mut s = s;
             let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
+        }
+    }
+    if let Ok(spec) = std::env::var(UDP_CLIENT_ENV) {
+        // "<addr>,<count>": datagrams from one fixed source port (one conntrack entry).
+        let (addr, count) = spec.split_once(',').unwrap();
+        let u = std::net::UdpSocket::bind("0.0.0.0:40000").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        for _ in 0..count.parse::<usize>().unwrap() {
+            u.send_to(b"?", addr).unwrap();
+            let mut buf = [0u8; 512];
+            match u.recv_from(&mut buf) {
+                Ok((n, _)) => println!("\n@@ {}", String::from_utf8_lossy(&buf[..n]).trim()),
+                Err(e) => println!("\n@@ ERROR {e}"),
+            }
         }
     }
     if let Ok(spec) = std::env::var(CLIENT_ENV) {
@@ -170,12 +185,21 @@ impl Net {
 
     /// `count` connections from namespace `from` to `addr`: one line each.
     fn connect(&self, from: &str, addr: &str, count: usize) -> Vec<String> {
+        self.client(CLIENT_ENV, from, addr, count)
+    }
+
+    /// `count` UDP round trips from one source port in `from` to `addr`.
+    fn udp(&self, from: &str, addr: &str, count: usize) -> Vec<String> {
+        self.client(UDP_CLIENT_ENV, from, addr, count)
+    }
+
+    fn client(&self, var: &str, from: &str, addr: &str, count: usize) -> Vec<String> {
         let exe = std::env::current_exe().unwrap();
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns(from)])
             .arg(&exe)
             .args(["--exact", "helper_process", "--nocapture", "--test-threads=1"])
-            .env(CLIENT_ENV, format!("{addr},{count}"))
+            .env(var, format!("{addr},{count}"))
             .output()
             .unwrap();
         // Answers are lines starting "@@ " (libtest writes its own text around them).
@@ -354,4 +378,31 @@ fn ten_thousand_services_and_one_change_leaves_the_rest_alone() {
     let after = count_by_backend(&net.connect("c", &probe, 20));
     assert_eq!(after.values().sum::<usize>(), 20, "{after:?}");
     assert!(p.check().unwrap().clean());
+}
+
+#[test]
+fn udp_flows_to_a_departed_endpoint_are_flushed() {
+    let Some(mut net) = Net::new("g") else { return };
+    net.serve(&["b1", "b2"]);
+    let mut p = net.proxier();
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "dns", "namespace": "default"}, "spec": {
+        "clusterIP": "10.96.0.16", "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]}}))
+    .unwrap();
+    let udp_slice = |eps: &[(&str, bool)]| -> EndpointSlice {
+        let endpoints: Vec<_> = eps.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect();
+        serde_json::from_value(json!({"metadata": {"name": "dns-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "dns"}},
+            "addressType": "IPv4", "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}], "endpoints": endpoints}))
+        .unwrap()
+    };
+    p.sync(&desired([&svc], [&udp_slice(&[(B1, true), (B2, true)])])).unwrap();
+    let first = count_by_backend(&net.udp("c", "10.96.0.16:53", 5));
+    assert_eq!(first.len(), 1, "one flow, one backend: {first:?}");
+    let (pinned, _) = first.iter().next().unwrap();
+    // The pinned backend turns unready (its server still answers): without the conntrack
+    // flush the flow would keep going to it.
+    let (gone, stays) = if pinned == "b1" { (B1, "b2") } else { (B2, "b1") };
+    let eps: Vec<(&str, bool)> = [B1, B2].iter().map(|ip| (*ip, *ip != gone)).collect();
+    p.sync(&desired([&svc], [&udp_slice(&eps)])).unwrap();
+    let after = count_by_backend(&net.udp("c", "10.96.0.16:53", 3));
+    assert_eq!(after.get(stays), Some(&3), "{after:?}");
 }
