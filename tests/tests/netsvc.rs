@@ -135,7 +135,7 @@ async fn proxy_and_dns_follow_services_and_endpoint_slices() {
     if root {
         let t = eventually("the proxy drops the unready endpoint", Duration::from_secs(5), || async {
             let c = chain(&ns.0, "svc4-default/web/tcp/http");
-            c.contains("goto ep4-default/web/tcp/http/10.244.0.11/8080") && !c.contains("10.244.0.12")
+            c.contains("dnat ip to 10.244.0.11:8080") && !c.contains("10.244.0.12")
         })
         .await;
         assert!(t < Duration::from_secs(1), "proxy followed in {t:?}");

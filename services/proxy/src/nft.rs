@@ -10,10 +10,12 @@
 //!   kind); filter hooks (priority -110, before DNAT) jump to `endpoints-check`, which
 //!   rejects new connections to ports without endpoints (reject is not allowed in NAT
 //!   chains); `masquerading` in postrouting SNATs what `mark-for-masquerade` marked;
-//! - per service port a chain `svc…` choosing an endpoint chain `ep…` (ClientIP affinity
-//!   first, then `numgen random mod N-i 0` as plain matches — no per-service anonymous
-//!   map, which costs the kernel ~1 ms each), per endpoint a chain that marks hairpin
-//!   traffic and DNATs, per NodePort a chain `ext…` that marks and jumps to `svc…`.
+//! - per service port one chain `svc…`: mark traffic from outside the pod network and from
+//!   its own endpoints (hairpin), then DNAT to an endpoint (ClientIP affinity first, then
+//!   `numgen random mod N-i 0` as plain matches — no per-service anonymous map, which
+//!   costs the kernel ~1 ms each); per NodePort a chain `ext…` that marks and jumps to
+//!   `svc…`. No chain per endpoint: nft reads every chain of the table before each
+//!   transaction, so the number of chains is what a small change costs at scale.
 //!
 //! A service port renders to a [`Fragment`] on its own, so a change is computed and
 //! written per service port; a full program is all fragments in one table.
@@ -83,6 +85,11 @@ pub fn map_no_endpoint_nodeports(f: Family) -> String {
     format!("no-endpoint-nodeports-{}", fam(f).0)
 }
 
+/// The set of pod networks of a family (`--cluster-cidr`).
+pub fn cidr_set(f: Family) -> String {
+    format!("cluster-cidrs-{}", fam(f).0)
+}
+
 /// Every map of the table.
 pub fn maps() -> Vec<(String, Family, bool)> {
     let mut v = vec![];
@@ -131,42 +138,41 @@ pub fn fragment(cfg: &RenderConfig, k: &PortKey, p: &ServicePort) -> Fragment {
     }
     let svc = svc_chain(k);
     let mut rules = vec![];
-    let cidrs: Vec<String> = cfg.cluster_cidrs.iter().filter(|(ip, _)| Family::of(ip) == k.family).map(|(ip, l)| format!("{ip}/{l}")).collect();
-    if !cidrs.is_empty() {
-        rules.push(format!("{ipf} saddr != {{ {} }} jump mark-for-masquerade", cidrs.join(", ")));
+    if cfg.cluster_cidrs.iter().any(|(ip, _)| Family::of(ip) == k.family) {
+        // A named set: an inline `{ … }` would be an anonymous set per service chain,
+        // which the kernel and nft's cache pay for at every transaction.
+        rules.push(format!("{ipf} saddr != @{} jump mark-for-masquerade", cidr_set(k.family)));
     }
-    let eps: Vec<(String, Option<String>)> = p
-        .endpoints
-        .iter()
-        .map(|e| {
-            let s = ep_suffix(k, &e.ip, e.port);
-            (format!("ep{s}"), p.affinity.map(|t| format!("aff{s}/{t}")))
-        })
-        .collect();
-    for (chain, aff) in &eps {
-        if let Some(set) = aff {
-            rules.push(format!("{ipf} saddr @{set} goto {chain}"));
+    // Endpoints are inlined in the service chain (no chain per endpoint): nft fetches
+    // every chain of the table before each transaction, so the chain count is what a
+    // one-service change costs at scale.
+    let aff: Vec<Option<String>> = p.endpoints.iter().map(|e| p.affinity.map(|t| format!("aff{}/{t}", ep_suffix(k, &e.ip, e.port)))).collect();
+    // Hairpin: a packet from an endpoint of this port is masqueraded, so a pod that
+    // reaches itself through its Service gets the reply back through the node.
+    for e in &p.endpoints {
+        rules.push(format!("{ipf} saddr {} jump mark-for-masquerade", e.ip));
+    }
+    let to = |i: usize| {
+        let e = &p.endpoints[i];
+        let update = aff[i].as_ref().map_or(String::new(), |set| format!("update @{set} {{ {ipf} saddr }} "));
+        format!("meta l4proto {proto} {update}dnat {ipf} to {}:{}", ip_text(&e.ip), e.port)
+    };
+    for (i, set) in aff.iter().enumerate() {
+        if let (Some(set), Some(t)) = (set, p.affinity) {
+            rules.push(format!("{ipf} saddr @{set} {}", to(i)));
+            f.sets.insert(set.clone(), format!("type {}_addr; flags dynamic,timeout; timeout {t}s;", if k.family == Family::V4 { "ipv4" } else { "ipv6" }));
         }
     }
-    let n = eps.len();
-    for (i, (chain, _)) in eps.iter().enumerate() {
+    let n = p.endpoints.len();
+    for i in 0..n {
         if i + 1 < n {
             // Each remaining endpoint with equal chance: 1/(n-i) of what is left.
-            rules.push(format!("numgen random mod {} 0 goto {chain}", n - i));
+            rules.push(format!("numgen random mod {} 0 {}", n - i, to(i)));
         } else {
-            rules.push(format!("goto {chain}"));
+            rules.push(to(i));
         }
     }
     f.chains.insert(svc.clone(), rules);
-    for (e, (chain, aff)) in p.endpoints.iter().zip(&eps) {
-        let mut r = vec![format!("{ipf} saddr {} jump mark-for-masquerade", e.ip)];
-        if let (Some(set), Some(t)) = (aff, p.affinity) {
-            r.push(format!("update @{set} {{ {ipf} saddr }}"));
-            f.sets.insert(set.clone(), format!("type {}_addr; flags dynamic,timeout; timeout {t}s;", if k.family == Family::V4 { "ipv4" } else { "ipv6" }));
-        }
-        r.push(format!("meta l4proto {proto} dnat {ipf} to {}:{}", ip_text(&e.ip), e.port));
-        f.chains.insert(chain.clone(), r);
-    }
     f.elements.insert((map_services(k.family), vip_key), format!("goto {svc}"));
     if let Some(np) = p.node_port {
         let ext = ext_chain(k);
@@ -213,6 +219,12 @@ pub fn full_program<'a>(cfg: &RenderConfig, frags: impl IntoIterator<Item = &'a 
     for (name, f, with_ip) in maps() {
         let ip = if f == Family::V4 { "ipv4_addr . " } else { "ipv6_addr . " };
         let _ = writeln!(out, "  map {name} {{\n    type {}inet_proto . inet_service : verdict\n  }}", if with_ip { ip } else { "" });
+    }
+    for f in [Family::V4, Family::V6] {
+        let cidrs: Vec<String> = cfg.cluster_cidrs.iter().filter(|(ip, _)| Family::of(ip) == f).map(|(ip, l)| format!("{ip}/{l}")).collect();
+        let ty = if f == Family::V4 { "ipv4_addr" } else { "ipv6_addr" };
+        let elements = if cidrs.is_empty() { String::new() } else { format!(" elements = {{ {} }};", cidrs.join(", ")) };
+        let _ = writeln!(out, "  set {} {{\n    type {ty}; flags interval;{elements}\n  }}", cidr_set(f));
     }
     let mut elements: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut chains = String::new();
@@ -340,24 +352,21 @@ mod tests {
     fn service_with_two_endpoints_affinity_and_node_port() {
         let f = fragment(&cfg(), &key("web"), &port(&["10.244.1.5", "10.244.1.6"], Some(30080), Some(60)));
         let svc = &f.chains["svc4-default/web/tcp/http"];
+        let aff5 = "aff4-default/web/tcp/http/10.244.1.5/8080/60";
+        let aff6 = "aff4-default/web/tcp/http/10.244.1.6/8080/60";
         assert_eq!(
             svc,
             &[
-                "ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade",
-                "ip saddr @aff4-default/web/tcp/http/10.244.1.5/8080/60 goto ep4-default/web/tcp/http/10.244.1.5/8080",
-                "ip saddr @aff4-default/web/tcp/http/10.244.1.6/8080/60 goto ep4-default/web/tcp/http/10.244.1.6/8080",
-                "numgen random mod 2 0 goto ep4-default/web/tcp/http/10.244.1.5/8080",
-                "goto ep4-default/web/tcp/http/10.244.1.6/8080",
+                "ip saddr != @cluster-cidrs-v4 jump mark-for-masquerade".to_string(),
+                "ip saddr 10.244.1.5 jump mark-for-masquerade".into(),
+                "ip saddr 10.244.1.6 jump mark-for-masquerade".into(),
+                format!("ip saddr @{aff5} meta l4proto tcp update @{aff5} {{ ip saddr }} dnat ip to 10.244.1.5:8080"),
+                format!("ip saddr @{aff6} meta l4proto tcp update @{aff6} {{ ip saddr }} dnat ip to 10.244.1.6:8080"),
+                format!("numgen random mod 2 0 meta l4proto tcp update @{aff5} {{ ip saddr }} dnat ip to 10.244.1.5:8080"),
+                format!("meta l4proto tcp update @{aff6} {{ ip saddr }} dnat ip to 10.244.1.6:8080"),
             ]
         );
-        assert_eq!(
-            f.chains["ep4-default/web/tcp/http/10.244.1.5/8080"],
-            [
-                "ip saddr 10.244.1.5 jump mark-for-masquerade",
-                "update @aff4-default/web/tcp/http/10.244.1.5/8080/60 { ip saddr }",
-                "meta l4proto tcp dnat ip to 10.244.1.5:8080"
-            ]
-        );
+        assert_eq!(f.chains.len(), 2, "the service chain and the NodePort chain, none per endpoint");
         assert_eq!(f.chains["ext4-default/web/tcp/http"], ["jump mark-for-masquerade", "goto svc4-default/web/tcp/http"]);
         assert_eq!(f.elements[&("service-ips-v4".into(), "10.96.0.10 . tcp . 80".into())], "goto svc4-default/web/tcp/http");
         assert_eq!(f.elements[&("service-nodeports-v4".into(), "tcp . 30080".into())], "goto ext4-default/web/tcp/http");
@@ -381,16 +390,15 @@ mod tests {
         assert_eq!(
             p,
             "flush chain inet kapp svc4-default/web/tcp/http\n\
-             add rule inet kapp svc4-default/web/tcp/http ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade\n\
-             add rule inet kapp svc4-default/web/tcp/http goto ep4-default/web/tcp/http/10.244.1.5/8080\n\
-             flush chain inet kapp ep4-default/web/tcp/http/10.244.1.6/8080\n\
-             delete chain inet kapp ep4-default/web/tcp/http/10.244.1.6/8080\n"
+             add rule inet kapp svc4-default/web/tcp/http ip saddr != @cluster-cidrs-v4 jump mark-for-masquerade\n\
+             add rule inet kapp svc4-default/web/tcp/http ip saddr 10.244.1.5 jump mark-for-masquerade\n\
+             add rule inet kapp svc4-default/web/tcp/http meta l4proto tcp dnat ip to 10.244.1.5:8080\n"
         );
         // Losing the last endpoint: the VIP moves to the reject map, chains go.
         let none = fragment(&c, &key("web"), &port(&[], None, None));
         let p = update_program(&c, &[(Some(&new), Some(&none))]);
         assert!(p.starts_with("delete element inet kapp service-ips-v4 { 10.96.0.10 . tcp . 80 }\nadd element inet kapp no-endpoint-services-v4 { 10.96.0.10 . tcp . 80 : goto reject-chain }\nflush chain"), "{p}");
-        assert!(p.ends_with("delete chain inet kapp ep4-default/web/tcp/http/10.244.1.5/8080\ndelete chain inet kapp svc4-default/web/tcp/http\n"), "{p}");
+        assert!(p.ends_with("flush chain inet kapp svc4-default/web/tcp/http\ndelete chain inet kapp svc4-default/web/tcp/http\n"), "{p}");
         assert_eq!(update_program(&c, &[(Some(&new), Some(&new))]), "");
     }
 
@@ -403,6 +411,8 @@ mod tests {
         assert!(p.contains("    type nat hook prerouting priority -100; policy accept;\n    jump services\n"));
         assert!(p.contains("add element inet kapp service-ips-v4 { 10.96.0.10 . tcp . 80 : goto svc4-default/web/tcp/http }\n"));
         assert!(p.find("chain svc4-default").unwrap() < p.find("add element").unwrap());
+        assert!(p.contains("  set cluster-cidrs-v4 {\n    type ipv4_addr; flags interval; elements = { 10.244.0.0/16 };\n  }\n"), "{p}");
+        assert!(p.contains("  set cluster-cidrs-v6 {\n    type ipv6_addr; flags interval; elements = { fd00:244::/64 };\n  }\n"), "{p}");
     }
 
     #[test]
@@ -410,7 +420,7 @@ mod tests {
         let k = PortKey { family: Family::V6, ..key("v6") };
         let p = ServicePort { cluster_ip: "fd00::a".parse().unwrap(), port: 80, node_port: None, endpoints: vec![Endpoint { ip: "fd00::5".parse().unwrap(), port: 8080 }], affinity: None };
         let f = fragment(&cfg(), &k, &p);
-        assert_eq!(f.chains["ep6-default/v6/tcp/http/fd00__5/8080"].last().unwrap(), "meta l4proto tcp dnat ip6 to [fd00::5]:8080");
-        assert_eq!(f.chains["svc6-default/v6/tcp/http"][0], "ip6 saddr != { fd00:244::/64 } jump mark-for-masquerade");
+        assert_eq!(f.chains["svc6-default/v6/tcp/http"].last().unwrap(), "meta l4proto tcp dnat ip6 to [fd00::5]:8080");
+        assert_eq!(f.chains["svc6-default/v6/tcp/http"][0], "ip6 saddr != @cluster-cidrs-v6 jump mark-for-masquerade");
     }
 }
