@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building and testing kapp needs on Debian 12 (run as root). Idempotent.
 set -euo pipefail
-need=(libclang-dev libseccomp-dev clang pkg-config git ca-certificates libssl-dev)
+# nftables, conntrack, iproute2: the proxy's namespace tests; bind9-dnsutils (dig): the DNS tests.
+need=(libclang-dev libseccomp-dev clang pkg-config git ca-certificates libssl-dev nftables conntrack iproute2 bind9-dnsutils)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,6 +28,10 @@ enum Command {
     Scheduler(LoopArgs),
     /// Run the controllers (one active per cluster, by Lease `kapp-controllers`).
     Controllers(LoopArgs),
+    /// Run the Service proxy: Services and EndpointSlices → this node's nftables table.
+    Proxy(ProxyArgs),
+    /// Run the cluster DNS: authoritative for the cluster domain, the rest forwarded.
+    Dns(DnsArgs),
     /// Show every store member's view of the cluster (read-only).
     StoreStatus(StoreStatusArgs),
     /// Generate cluster material offline.
@@ -163,6 +167,65 @@ struct GitopsArgs {
     /// File holding the webhook's HMAC secret.
     #[arg(long)]
     webhook_secret_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// The apiserver, `https://host:port`.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    apiserver: String,
+    /// This node's identity (CN system:node:<name>, group kapp:nodes).
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// This node's name (for logs; topology-aware routing is not implemented yet).
+    #[arg(long)]
+    node_name: String,
+    /// The pod network(s), comma-separated: ClusterIP traffic from elsewhere is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// The nftables table (family inet) kapp owns.
+    #[arg(long, default_value = "kapp")]
+    table: String,
+    /// The nft program (a wrapper may run it elsewhere, e.g. in a namespace).
+    #[arg(long, default_value = "nft")]
+    nft: PathBuf,
+    /// The conntrack program (conntrack-tools).
+    #[arg(long, default_value = "conntrack")]
+    conntrack: PathBuf,
+    /// Seconds between consistency checks of the table.
+    #[arg(long, default_value_t = 60)]
+    check_interval: u64,
+    /// Milliseconds to wait for more changes before programming.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct DnsArgs {
+    /// The apiserver, `https://host:port`.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    apiserver: String,
+    /// This node's identity (any identity that may read Services, EndpointSlices, Pods).
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Address to answer on (UDP and TCP): the one pods' resolv.conf names.
+    #[arg(long, default_value = "10.96.0.10:53")]
+    listen: SocketAddr,
+    /// Upstream resolvers for names outside the cluster, `ip[:port]`, comma-separated.
+    #[arg(long, default_value = "")]
+    upstream: String,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    domain: String,
+    /// Networks whose reverse (PTR) zones are answered here, comma-separated.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    reverse_cidr: String,
+    /// TTL of answers, seconds (5–30).
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    /// Entries in the forwarding cache.
+    #[arg(long, default_value_t = 4096)]
+    cache_size: u64,
 }
 
 #[derive(clap::Args)]
@@ -313,6 +376,43 @@ async fn run_gitops(a: GitopsArgs) -> Result<()> {
     Ok(())
 }
 
+fn parse_cidrs(flag: &str, s: &str) -> Result<Vec<(std::net::IpAddr, u8)>> {
+    s.split(',').map(str::trim).filter(|c| !c.is_empty()).map(|c| kapp_proxy::parse_cidr(c).with_context(|| format!("--{flag}: {c:?} is not a network (a.b.c.d/n)"))).collect()
+}
+
+async fn run_proxy(a: ProxyArgs) -> Result<()> {
+    let tls = a.tls.load()?;
+    let client = kapp_runtime::client(&a.apiserver, &tls).await?;
+    let cfg = kapp_proxy::RenderConfig { table: a.table.clone(), cluster_cidrs: parse_cidrs("cluster-cidr", &a.cluster_cidr)?, ..Default::default() };
+    let proxier = kapp_proxy::Proxier::new(cfg, kapp_proxy::NftCommand::new(&a.nft), kapp_proxy::ConntrackCommand::new(&a.conntrack));
+    let pacing = kapp_proxy::Pacing { debounce: Duration::from_millis(a.debounce_ms), check_interval: Duration::from_secs(a.check_interval.max(1)) };
+    println!("kapp proxy on node {} programming table inet {}", a.node_name, a.table);
+    kapp_proxy::run(client, proxier, pacing, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn run_dns(a: DnsArgs) -> Result<()> {
+    let tls = a.tls.load()?;
+    let client = kapp_runtime::client(&a.apiserver, &tls).await?;
+    if !(1..=3600).contains(&a.ttl) {
+        bail!("--ttl: {} is out of range (1-3600 seconds)", a.ttl);
+    }
+    let zones = kapp_dns::ZoneConfig::new(&a.domain, a.ttl, &parse_cidrs("reverse-cidr", &a.reverse_cidr)?).with_context(|| format!("--domain {:?}", a.domain))?;
+    let servers = a
+        .upstream
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| kapp_dns::parse_upstream(u).with_context(|| format!("--upstream: {u:?} is not ip[:port]")))
+        .collect::<Result<Vec<_>>>()?;
+    let upstreams = kapp_dns::Upstreams { servers, cache_size: a.cache_size, timeout: None };
+    let (server, zones) = kapp_dns::DnsServer::start(zones, a.listen, &upstreams).await?;
+    println!("kapp dns listening on {} (udp) and {} (tcp)", server.udp_addr, server.tcp_addr);
+    kapp_dns::run(client, zones, Duration::from_millis(100), shutdown_signal()).await;
+    server.shutdown().await;
+    Ok(())
+}
+
 async fn store_status(a: StoreStatusArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let endpoints: Vec<String> = a.endpoints.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
@@ -373,6 +473,8 @@ fn main() -> Result<()> {
             Command::Gitops(a) => run_gitops(a).await,
             Command::Scheduler(a) => run_loop(a, true).await,
             Command::Controllers(a) => run_loop(a, false).await,
+            Command::Proxy(a) => run_proxy(a).await,
+            Command::Dns(a) => run_dns(a).await,
             Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {
                 let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                 kapp_bootstrap::gen_pki(&out, &cluster, &hosts)?;

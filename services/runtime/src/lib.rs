@@ -2,11 +2,14 @@
 //!
 //! - [`kubeconfig`] / [`client`]: a kubeconfig for a kapp identity (its certificate from the
 //!   cluster CA) and a kube-rs client built from it — the same file kubectl reads.
+//! - [`follow`]: a kind followed into a reflector cache that wakes one `Notify` per
+//!   burst of changes (proxy, dns).
 //! - [`lease`]: leader election through a `coordination.k8s.io/v1` Lease, so exactly one
 //!   instance of gitops, the scheduler and the controllers acts at a time.
 //!
 //! No component may know another's internals; they meet only through the apiserver.
 
+pub mod follow;
 pub mod lease;
 
 use base64::Engine;
