@@ -158,6 +158,9 @@ async fn get(client: &ReadOnlyClient, creds: &Credentials, a: &GetArgs, io: &mut
     if words.is_empty() {
         return Err(Error::Usage("name a kind, e.g. `kappctl get pods`".into()));
     }
+    if ns.is_none() && !a.names.is_empty() {
+        return Err(Error::Usage("a resource cannot be retrieved by name across all namespaces".into()));
+    }
     let mut documents: Vec<Value> = Vec::new();
     let mut printed = 0;
     for word in words {
@@ -203,7 +206,7 @@ async fn get(client: &ReadOnlyClient, creds: &Credentials, a: &GetArgs, io: &mut
                 if rows == 0 {
                     continue;
                 }
-                if printed > 0 {
+                if printed > 0 && a.output != Some(GetOutput::Name) {
                     io.out.write_all(b"\n")?;
                 }
                 printed += 1;
@@ -341,4 +344,22 @@ fn kubeconfig(creds: &Credentials, user: &str, io: &mut Io<'_>) -> Result<i32, E
     }
     io.out.write_all(kapp_runtime::kubeconfig(&creds.cluster, &creds.server, user, &creds.pem).as_bytes())?;
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_requests_carry_only_the_options_given() {
+        let mut a = cli::LogsArgs { pod: "web-1".into(), namespace: None, container: None, follow: false, previous: false, tail: None, timestamps: false };
+        assert_eq!(log_request("shop", &a).uri(), "/api/v1/namespaces/shop/pods/web-1/log");
+        a.container = Some("app".into());
+        a.follow = true;
+        a.previous = true;
+        a.tail = Some(20);
+        let req = log_request("shop", &a).to_request().unwrap();
+        assert_eq!(req.uri(), "/api/v1/namespaces/shop/pods/web-1/log?container=app&follow=true&previous=true&tailLines=20");
+        readonly::ensure_read_only(&req).unwrap();
+    }
 }

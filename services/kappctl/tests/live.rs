@@ -138,7 +138,7 @@ async fn status_get_describe_events_and_kubeconfig_against_a_live_cluster() {
     assert!(text(&out.stdout).starts_with("NAMESPACE   NAME    READY   STATUS"), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("10.244.0.5"), "wide shows the IP");
     let out = run(with(&["get", "deploy,gitsyncs", "-n", "shop", "-o", "name"])).await;
-    assert_eq!(text(&out.stdout), "deployment.apps/web\n\ngitsync.kapp.dev/cluster\n");
+    assert_eq!(text(&out.stdout), "deployment.apps/web\ngitsync.kapp.dev/cluster\n");
     let out = run(with(&["get", "pods", "-n", "shop", "-o", "json"])).await;
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((list["kind"].as_str(), list["items"].as_array().map(Vec::len)), (Some("List"), Some(3)));
