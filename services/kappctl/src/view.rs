@@ -663,7 +663,9 @@ pub fn sync_error_line(e: &SyncError) -> String {
             out.push_str(&format!(" (document {d})"));
         }
     }
-    for part in [&e.object, &e.field] {
+    // gitops' reasons often begin with the field already; say it once.
+    let field = if e.reason.starts_with(e.field.as_str()) { "" } else { e.field.as_str() };
+    for part in [e.object.as_str(), field] {
         if !part.is_empty() {
             if !out.is_empty() {
                 out.push(' ');
@@ -682,6 +684,15 @@ pub fn sync_error_line(e: &SyncError) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn sync_errors_name_the_field_once() {
+        let e = SyncError { file: "web.yaml".into(), document: Some(2), object: "Service/shop/web".into(), field: "spec.ports[0].port".into(), reason: "spec.ports[0].port: Invalid value".into() };
+        assert_eq!(sync_error_line(&e), "web.yaml (document 2) Service/shop/web: spec.ports[0].port: Invalid value");
+        let e = SyncError { reason: "Invalid value".into(), ..e };
+        assert_eq!(sync_error_line(&e), "web.yaml (document 2) Service/shop/web spec.ports[0].port: Invalid value");
+        assert_eq!(sync_error_line(&SyncError { reason: "fetch failed".into(), ..SyncError::default() }), "fetch failed");
+    }
 
     #[test]
     fn pod_reasons() {
