@@ -113,6 +113,13 @@ async fn status_get_describe_events_and_kubeconfig_against_a_live_cluster() {
     assert_eq!(view.heads.items.iter().find(|h| h.role == "Leader").and_then(|h| h.id), Some(leader));
     assert_eq!(view.gitops.items[0].applied.as_ref().unwrap().subject, "shop: web with 2 replicas");
 
+    // --watch redraws until interrupted; piped, one frame follows another.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_kappctl")).args(with(&["status", "--watch", "--interval", "1"])).env("NO_COLOR", "1").stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    watch.start_kill().unwrap();
+    let frames = text(&watch.wait_with_output().await.unwrap().stdout);
+    assert!(frames.matches("Cluster: ").count() >= 2 && !frames.contains('\x1b'), "{frames}");
+
     // A crash-looping pod and a warning: degraded, exit 1, the reason and the event shown.
     let pods: Api<Pod> = Api::namespaced(writer.clone(), "shop");
     create(&pods, pod("web-3", "n1")).await;
