@@ -29,6 +29,7 @@ pids+=($!)
 pids+=($!)
 "$kapp" gen kubeconfig --server https://127.0.0.1:26443 --ca "$pki/ca.pem" --cert "$pki/viewer.pem" --key "$pki/viewer.key" >"$state/viewer.kubeconfig"
 export KUBECONFIG="$state/viewer.kubeconfig"
+kappctl="$CARGO_TARGET_DIR/debug/kappctl"
 
 wait_for() { # wait_for <description> <command...>
   local what=$1; shift
@@ -40,6 +41,7 @@ replicas() { [ "$(kubectl -n shop get deploy web -o jsonpath='{.spec.replicas}')
 
 wait_for "the first commit" applied
 echo "== the first commit is live"
+"$kappctl" status || true
 kubectl get gitsync
 kubectl get -n shop deploy,svc,cm
 
@@ -53,6 +55,8 @@ sed -i 's/port: 80,/port: eighty,/' "$repo/web.yaml" && sed -i 's/replicas: 5/re
 wait_for "the refusal" sh -c "kubectl get gitsync cluster -o jsonpath='{.status.state}' | grep -q Failed"
 kubectl get gitsync cluster -o jsonpath='{.status.message}{"\n"}'
 replicas 5 && echo "web still has 5 replicas"
+echo "== kappctl status says which commit is live and why the new one was refused (exit code 1: degraded)"
+"$kappctl" status && echo "(exit 0)" || echo "(exit $?)"
 
 echo "== kubectl with the viewer's kubeconfig cannot write:"
 kubectl -n shop delete deploy web 2>&1 | head -n1 || true
@@ -60,6 +64,7 @@ kubectl -n shop delete deploy web 2>&1 | head -n1 || true
 echo
 echo "The repository is $repo: edit, commit, and watch with"
 echo "  KUBECONFIG=$state/viewer.kubeconfig kubectl get -n shop deploy -w"
+echo "  KUBECONFIG=$state/viewer.kubeconfig $kappctl status --watch"
 [ "${KAPP_DEMO_EXIT:-0}" = 1 ] && exit 0
 echo "Ctrl-C stops everything."
 wait

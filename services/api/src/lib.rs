@@ -3,6 +3,7 @@
 //! `schema`). The apiserver builds on this; so will gitops' pre-apply validation.
 
 pub mod groups;
+pub mod heads;
 pub mod kapp;
 pub mod keys;
 pub mod patch;

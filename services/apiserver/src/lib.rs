@@ -12,6 +12,7 @@ mod alloc;
 mod apply;
 mod authz;
 mod codec;
+mod heads;
 use kapp_api::patch;
 mod util;
 
@@ -212,6 +213,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
         return fail(403, "Forbidden", &format!("user {:?} belongs to no kapp group", who.common_name));
     }
     let path = parts.uri.path().to_string();
+    if path == kapp_api::heads::PATH {
+        return heads::serve(&ctx.store, &parts.method).await;
+    }
     let query = parse_query(parts.uri.query());
     let as_table = parts.headers.get_all(http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("as=Table")));
     let r = match route(&path) {

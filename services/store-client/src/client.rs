@@ -201,6 +201,11 @@ impl StoreClient {
         self.call_with(path::COMPACT, &CompactRequest { revision }).await
     }
 
+    /// The members this client was configured with (`host:port`), in index order.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.cfg.endpoints
+    }
+
     /// Status of the member at `endpoint` (an index into the configured endpoints).
     pub async fn member_status(&self, endpoint: usize) -> Result<MemberStatus, StoreError> {
         let ep = self.inner.endpoints.get(endpoint).ok_or_else(|| StoreError::Invalid(format!("no endpoint {endpoint}")))?;
