@@ -652,6 +652,7 @@ impl Worker {
             cpu_limit_millis: limit("cpu").and_then(|q| plan::parse_millicores(&q)),
             cpu_request_millis: request("cpu").or(limit("cpu")).and_then(|q| plan::parse_millicores(&q)),
             pids_limit: Some(self.shared.cfg.pids_limit),
+            nofile: self.shared.runtime.nofile(),
             cgroups_path: format!("{}/{id}", self.pod_cgroup()),
             cgroup_ns: self.shared.runtime.cgroups == runtime::CgroupLayout::Unified,
             mounts,

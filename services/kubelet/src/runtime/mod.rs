@@ -105,8 +105,47 @@ fn restore_signals() {
     let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None);
 }
 
+/// The pid of the process that runs containers (0: not yet known).
+static RUNTIME_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" {
+    /// glibc: like atexit, with the exit status.
+    fn on_exit(function: extern "C" fn(libc::c_int, *mut libc::c_void), arg: *mut libc::c_void) -> libc::c_int;
+}
+
+extern "C" fn exit_at_once_in_clones(status: libc::c_int, _arg: *mut libc::c_void) {
+    let runtime = RUNTIME_PID.load(std::sync::atomic::Ordering::Relaxed);
+    if runtime != 0 && nix::unistd::getpid().as_raw() != runtime {
+        #[allow(unsafe_code)]
+        // SAFETY: _exit ends the process without running further exit handlers.
+        unsafe {
+            libc::_exit(status)
+        }
+    }
+}
+
+/// libcontainer's intermediate and init processes are clones of this multi-threaded
+/// process and leave with `exit()`, which runs every exit handler the process registered —
+/// including ones that wait for threads that do not exist in the clone (RocksDB's thread
+/// pools, when a store runs in the same process, as in tests). Exit handlers run last
+/// registered first: this one, registered once when the first runtime is made, ends a clone
+/// at once. Handlers registered after it (none in the kubelet) would still run.
+#[allow(unsafe_code)]
+fn guard_clone_exits() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        RUNTIME_PID.store(nix::unistd::getpid().as_raw(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: registers a handler with static lifetime and no captured state.
+        let rc = unsafe { on_exit(exit_at_once_in_clones, std::ptr::null_mut()) };
+        if rc != 0 {
+            tracing::warn!("on_exit failed: clones may hang in exit handlers");
+        }
+    });
+}
+
 impl Runtime {
     pub fn new(root: &Path) -> Result<Runtime, RuntimeError> {
+        guard_clone_exits();
         std::fs::create_dir_all(root).map_err(|e| RuntimeError::Io { path: root.to_path_buf(), reason: e.to_string() })?;
         Ok(Runtime { root: root.to_path_buf(), cgroups: CgroupLayout::detect(), create: Mutex::new(()) })
     }
@@ -191,6 +230,12 @@ impl Runtime {
             CgroupLayout::Legacy => Path::new(CGROUP_ROOT).join("memory").join(rel).join("memory.oom_control"),
         };
         std::fs::read_to_string(file).map(|s| oom_count(&s) > 0).unwrap_or(false)
+    }
+
+    /// The RLIMIT_NOFILE containers get: this process's hard limit for both (capped at 1M).
+    pub fn nofile(&self) -> (u64, u64) {
+        let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(_, h)| h).min(1 << 20);
+        (hard, hard)
     }
 
     /// Whether memory+swap can be limited (v1 needs swap accounting).

@@ -69,6 +69,9 @@ pub struct ContainerParams {
     /// CPU request in millicores (→ shares).
     pub cpu_request_millis: Option<i64>,
     pub pids_limit: Option<i64>,
+    /// RLIMIT_NOFILE (soft, hard); raising it past the kubelet's own hard limit needs
+    /// CAP_SYS_RESOURCE, which the kubelet may not have.
+    pub nofile: (u64, u64),
     /// Relative cgroup path, e.g. `/kapp/pod<uid>/<id>`.
     pub cgroups_path: String,
     /// A private cgroup namespace (cgroup v2 hosts).
@@ -190,7 +193,7 @@ pub fn oci_spec(p: &ContainerParams) -> Value {
             "env": p.env,
             "cwd": if p.cwd.is_empty() { "/" } else { p.cwd.as_str() },
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": p.nofile.1, "soft": p.nofile.0}],
             "noNewPrivileges": !p.privileged && p.uid != 0,
         },
         "linux": linux,
@@ -222,6 +225,7 @@ mod tests {
             cpu_limit_millis: None,
             cpu_request_millis: None,
             pids_limit: Some(1024),
+            nofile: (1024, 4096),
             cgroups_path: "/kapp/podu/c".into(),
             cgroup_ns: false,
             mounts: vec![],
