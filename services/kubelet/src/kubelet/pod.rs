@@ -434,7 +434,8 @@ impl Worker {
         let _ = tokio::task::spawn_blocking(move || shared.runtime.delete(&rid)).await;
         runtime::unmount(&run.rootfs);
         let _ = std::fs::remove_dir_all(&run.dir);
-        let reason = if oom { "OOMKilled" } else if exit.code == 0 { "Completed" } else { "Error" };
+        // A container whose main process outlived an OOM kill of a child and exited 0 completed.
+        let reason = if exit.code == 0 { "Completed" } else if oom { "OOMKilled" } else { "Error" };
         tracing::info!(container = %c.spec.name, id, code = exit.code, reason, "container exited");
         let term = State::Terminated { code: exit.code, signal: exit.signal, reason: reason.into(), started_at: run.started_at.clone(), finished_at: now() };
         let restart = if c.init { exit.code != 0 && policy != "Never" } else { plan::restarts(&policy, exit.code) };

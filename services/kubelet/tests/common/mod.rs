@@ -224,18 +224,34 @@ pub fn busybox_image(index: bool) -> TestImage {
     }))
     .unwrap();
     let mut manifests = vec![("application/vnd.oci.image.manifest.v1+json".to_string(), manifest.clone())];
+    let mut blobs = vec![g1.clone(), g2.clone(), config.clone()];
     if index {
+        // An arm64 decoy: same layers, a config saying ARCH=arm64 (the amd64 one says nothing).
+        let arm_config = serde_json::to_vec(&json!({
+            "architecture": "arm64", "os": "linux",
+            "config": {"Env": ["PATH=/bin", "ARCH=arm64"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of(&l1).to_string(), Digest::of(&l2).to_string()]},
+        }))
+        .unwrap();
+        let arm = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::of(&arm_config).to_string(), "size": arm_config.len()},
+            "layers": [layer(&g1), layer(&g2)],
+        }))
+        .unwrap();
+        blobs.push(arm_config);
         let idx = serde_json::to_vec(&json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
-                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", "0".repeat(64)), "size": 1, "platform": {"os": "linux", "architecture": "arm64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": Digest::of(&arm).to_string(), "size": arm.len(), "platform": {"os": "linux", "architecture": "arm64"}},
                 {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": Digest::of(&manifest).to_string(), "size": manifest.len(), "platform": {"os": "linux", "architecture": "amd64"}},
             ],
         }))
         .unwrap();
+        manifests.insert(0, ("application/vnd.oci.image.manifest.v1+json".to_string(), arm));
         manifests.push(("application/vnd.oci.image.index.v1+json".to_string(), idx));
     }
-    TestImage { blobs: vec![g1.clone(), g2.clone(), config.clone()], manifests, config, layers: vec![(g1, "gzip"), (g2, "gzip")] }
+    TestImage { blobs, manifests, config, layers: vec![(g1, "gzip"), (g2, "gzip")] }
 }
 
 /// Write `image` as an OCI image layout named `name` into `dir`.
@@ -257,7 +273,7 @@ pub struct NodeNetns(pub String);
 impl NodeNetns {
     pub fn create(tag: &str) -> NodeNetns {
         let name = format!("kt-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success(), "ip netns add {name}");
         NodeNetns(name)
     }
