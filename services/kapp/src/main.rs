@@ -34,6 +34,8 @@ enum Command {
     Dns(DnsArgs),
     /// Show every store member's view of the cluster (read-only).
     StoreStatus(StoreStatusArgs),
+    /// Run the node agent: the pods bound to this node, with libcontainer.
+    Kubelet(KubeletArgs),
     /// Generate cluster material offline.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -226,6 +228,37 @@ struct DnsArgs {
     /// Entries in the forwarding cache.
     #[arg(long, default_value_t = 4096)]
     cache_size: u64,
+struct KubeletArgs {
+    /// This node's name (its identity's CN is `system:node:<name>`).
+    #[arg(long)]
+    node_name: String,
+    /// The apiserver, `https://host:port`.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    apiserver: String,
+    /// The node identity (group kapp:nodes); also serves the logs endpoint.
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Images, pods, logs, addresses, container state.
+    #[arg(long, default_value = "/var/lib/kapp/kubelet")]
+    state_dir: PathBuf,
+    /// This node's pod CIDR.
+    #[arg(long)]
+    pod_cidr: String,
+    /// The address reported as the node's InternalIP and the pods' hostIP.
+    #[arg(long)]
+    node_ip: std::net::Ipv4Addr,
+    /// Cluster DNS servers, comma-separated.
+    #[arg(long, default_value = "10.96.0.10")]
+    cluster_dns: String,
+    /// Serve /containerLogs (HTTPS, mTLS) here.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    listen: SocketAddr,
+    /// Registries spoken to over plain HTTP (`host:port`, comma-separated).
+    #[arg(long, default_value = "")]
+    insecure_registries: String,
+    /// Import the OCI image layouts in this directory's subdirectories at start.
+    #[arg(long)]
+    import_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -342,6 +375,20 @@ async fn run_apiserver(a: ApiserverArgs) -> Result<()> {
     println!("kapp apiserver listening on {}", api.addr);
     shutdown_signal().await;
     api.shutdown().await;
+    Ok(())
+}
+
+async fn run_kubelet(a: KubeletArgs) -> Result<()> {
+    let mut cfg = kapp_kubelet::Config::new(&a.node_name, &a.apiserver, a.tls.load()?, &a.state_dir);
+    cfg.pod_cidr = a.pod_cidr;
+    cfg.node_ip = a.node_ip;
+    cfg.cluster_dns = a.cluster_dns.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().parse()).collect::<Result<_, _>>().context("--cluster-dns")?;
+    cfg.listen = Some(a.listen);
+    cfg.registry.insecure = a.insecure_registries.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    cfg.import_dir = a.import_dir;
+    let kubelet = kapp_kubelet::Kubelet::start(cfg).await?;
+    shutdown_signal().await;
+    kubelet.shutdown().await;
     Ok(())
 }
 
@@ -475,6 +522,7 @@ fn main() -> Result<()> {
             Command::Controllers(a) => run_loop(a, false).await,
             Command::Proxy(a) => run_proxy(a).await,
             Command::Dns(a) => run_dns(a).await,
+            Command::Kubelet(a) => run_kubelet(a).await,
             Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {
                 let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                 kapp_bootstrap::gen_pki(&out, &cluster, &hosts)?;

@@ -1,0 +1,413 @@
+//! The kubelet loop: register the Node, heartbeat through a Lease in `kube-node-lease`,
+//! watch the pods bound to this node (`fieldSelector=spec.nodeName=<node>`) into a cache,
+//! and run one [`pod`] worker per pod uid. Watch events only wake workers; workers read
+//! the cache.
+
+pub mod plan;
+pub mod pod;
+pub mod volumes;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::Api;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::image::{ImageStore, RegistryOptions};
+use crate::net::ipam::{Cidr, Ipam};
+use crate::net::NodeNetwork;
+use crate::runtime::Runtime;
+use plan::Backoff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("client: {0}")]
+    Client(#[from] kapp_runtime::RuntimeError),
+    #[error("image store: {0}")]
+    Image(#[from] crate::image::ImageError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("network: {0}")]
+    Net(#[from] crate::net::NetError),
+    #[error("registering node {node}: {source}")]
+    Register { node: String, source: kube::Error },
+    #[error("logs server: {0}")]
+    Server(String),
+    #[error("{}: {reason}", path.display())]
+    Io { path: PathBuf, reason: String },
+}
+
+/// Everything the kubelet is told.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    /// The apiserver, `https://host:port`.
+    pub apiserver: String,
+    /// The node identity (CN `system:node:<name>`, group `kapp:nodes`); also serves the
+    /// logs endpoint.
+    pub identity: kapp_tls::Pem,
+    /// Images, pods, logs, IPAM, container state.
+    pub state_dir: PathBuf,
+    pub pod_cidr: String,
+    /// The address reported as hostIP / InternalIP.
+    pub node_ip: Ipv4Addr,
+    pub cluster_dns: Vec<Ipv4Addr>,
+    pub cluster_domain: String,
+    pub bridge: String,
+    /// Named network namespace holding the bridge (None: the kubelet's own).
+    pub node_netns: Option<String>,
+    /// Prefix of pod network namespace names.
+    pub netns_prefix: String,
+    /// cgroup parent of pods (`/<parent>/pod<uid>/<container>`).
+    pub cgroup_parent: String,
+    pub registry: RegistryOptions,
+    /// Directories of OCI image layouts imported at start (air gap).
+    pub import_dir: Option<PathBuf>,
+    /// Serve `/containerLogs` here (HTTPS, mTLS).
+    pub listen: Option<SocketAddr>,
+    pub max_pods: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub log_max_bytes: u64,
+    pub pids_limit: i64,
+    pub heartbeat: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but the node's identity and addresses.
+    pub fn new(node_name: &str, apiserver: &str, identity: kapp_tls::Pem, state_dir: &Path) -> Config {
+        Config {
+            node_name: node_name.to_string(),
+            apiserver: apiserver.to_string(),
+            identity,
+            state_dir: state_dir.to_path_buf(),
+            pod_cidr: "10.88.0.0/24".into(),
+            node_ip: Ipv4Addr::LOCALHOST,
+            cluster_dns: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            cluster_domain: "cluster.local".into(),
+            bridge: "kapp0".into(),
+            node_netns: None,
+            netns_prefix: "kapp-".into(),
+            cgroup_parent: "kapp".into(),
+            registry: RegistryOptions::default(),
+            import_dir: None,
+            listen: None,
+            max_pods: 110,
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            log_max_bytes: 10 << 20,
+            pids_limit: 4096,
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every pod worker shares.
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub client: kube::Client,
+    pub images: ImageStore,
+    pub runtime: Runtime,
+    pub net: NodeNetwork,
+    pub ipam: tokio::sync::Mutex<Ipam>,
+    pub pods: Store<Pod>,
+    pub backoff: Backoff,
+    pub workers: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Shared {
+    pub fn pod(&self, uid: &str) -> Option<Pod> {
+        self.pods.state().into_iter().find(|p| p.metadata.uid.as_deref() == Some(uid)).map(|p| (*p).clone())
+    }
+
+    /// Wake (starting if needed) the worker of `uid`.
+    fn wake(self: &Arc<Self>, uid: &str) {
+        let mut w = self.workers.lock().expect("workers lock");
+        if let Some(n) = w.get(uid) {
+            n.notify_one();
+            return;
+        }
+        let n = Arc::new(Notify::new());
+        w.insert(uid.to_string(), n.clone());
+        tokio::spawn(tracing::Instrument::instrument(pod::run(self.clone(), uid.to_string(), n), tracing::info_span!("pod", uid)));
+    }
+}
+
+/// A running kubelet.
+pub struct Kubelet {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Where the logs endpoint listens.
+    pub logs_addr: Option<SocketAddr>,
+}
+
+impl Kubelet {
+    /// Prepare the node (stores, bridge, leftovers of an earlier run), register it and start
+    /// the loops.
+    pub async fn start(cfg: Config) -> Result<Kubelet, KubeletError> {
+        let client = kapp_runtime::client(&cfg.apiserver, &cfg.identity).await?;
+        let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| KubeletError::Io { path: p.to_path_buf(), reason: e.to_string() });
+        for d in ["pods", "logs"] {
+            mkdir(&cfg.state_dir.join(d))?;
+        }
+        let images = ImageStore::open(&cfg.state_dir.join("images"), cfg.registry.clone())?;
+        let runtime = Runtime::new(&cfg.state_dir.join("containers"))?;
+        let cidr = Cidr::parse(&cfg.pod_cidr)?;
+        let net = NodeNetwork { bridge: cfg.bridge.clone(), cidr, node_netns: cfg.node_netns.clone(), prefix: cfg.netns_prefix.clone() };
+        net.setup().await?;
+        let ipam = Ipam::open(cidr, &cfg.state_dir.join("ipam.json"))?;
+        if let Some(dir) = &cfg.import_dir {
+            import_all(&images, dir).await;
+        }
+        // No adoption yet: containers of an earlier run are stopped and started again.
+        for id in runtime.list() {
+            tracing::info!(id, "removing a container left by an earlier run");
+            runtime.delete(&id);
+        }
+        let (reader, writer) = reflector::store::<Pod>();
+        let shared = Arc::new(Shared {
+            backoff: Backoff { base: cfg.backoff_base, max: cfg.backoff_max },
+            cfg,
+            client,
+            images,
+            runtime,
+            net,
+            ipam: tokio::sync::Mutex::new(ipam),
+            pods: reader,
+            workers: Mutex::default(),
+        });
+        register(&shared).await?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = vec![tokio::spawn(heartbeat(shared.clone(), stop_rx.clone())), tokio::spawn(watch_pods(shared.clone(), writer, stop_rx.clone()))];
+        let mut logs_addr = None;
+        if let Some(addr) = shared.cfg.listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| KubeletError::Server(format!("bind {addr}: {e}")))?;
+            logs_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(crate::server::serve(shared.clone(), listener, stop_rx)));
+        }
+        tracing::info!(node = %shared.cfg.node_name, "kubelet started");
+        Ok(Kubelet { shared, tasks, stop, logs_addr })
+    }
+
+    /// Stop the loops; containers keep running.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Stop the loops and remove every pod of this node from the machine (containers,
+    /// mounts, namespaces, addresses, cgroups) without touching the apiserver.
+    pub async fn shutdown_and_clean(self) {
+        let shared = self.shared.clone();
+        self.shutdown().await;
+        shared.workers.lock().expect("workers lock").clear();
+        clean_node(&shared, &HashSet::new()).await;
+    }
+
+    /// The kubelet's pod cgroup (relative), for tests and diagnostics.
+    pub fn pod_cgroup(&self, uid: &str) -> String {
+        format!("/{}/pod{uid}", self.shared.cfg.cgroup_parent)
+    }
+
+    /// Every cgroup directory of the pod that still exists.
+    pub fn pod_cgroup_dirs(&self, uid: &str) -> Vec<PathBuf> {
+        self.shared.runtime.cgroup_dirs(&self.pod_cgroup(uid))
+    }
+}
+
+async fn import_all(images: &ImageStore, dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.join("index.json").is_file() {
+            match images.import_layout(&p).await {
+                Ok(imgs) => tracing::info!(layout = %p.display(), images = imgs.len(), "imported images"),
+                Err(err) => tracing::warn!(layout = %p.display(), error = %err, "image import failed"),
+            }
+        }
+    }
+}
+
+/// Remove what pods not in `keep` left on the machine.
+async fn clean_node(shared: &Shared, keep: &HashSet<String>) {
+    for id in shared.runtime.list() {
+        if !keep.iter().any(|uid| id.starts_with(uid.as_str())) {
+            shared.runtime.delete(&id);
+        }
+    }
+    let pods_dir = shared.cfg.state_dir.join("pods");
+    let mut uids: HashSet<String> = std::fs::read_dir(&pods_dir).map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect()).unwrap_or_default();
+    uids.extend(shared.ipam.lock().await.owners());
+    for uid in uids.difference(keep) {
+        let dir = pods_dir.join(uid);
+        let mut mounts = crate::runtime::mounts_below(&dir);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            crate::runtime::unmount(Path::new(&m));
+        }
+        let _ = shared.net.remove_pod(uid).await;
+        let _ = shared.ipam.lock().await.release(uid);
+        shared.runtime.remove_cgroup(&format!("/{}/pod{uid}", shared.cfg.cgroup_parent));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn now_micro() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn now_secs() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn mem_total_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The Node's status. Pure but for the clock and the machine's size.
+fn node_status(shared: &Shared) -> Value {
+    let cfg = &shared.cfg;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", mem_total_kib()), "pods": cfg.max_pods.to_string()});
+    let t = now_secs();
+    let cond = |ty: &str, st: &str, reason: &str, msg: &str| json!({"type": ty, "status": st, "reason": reason, "message": msg, "lastHeartbeatTime": t, "lastTransitionTime": t});
+    let images: Vec<Value> = shared
+        .images
+        .list()
+        .into_iter()
+        .take(50)
+        .map(|i| {
+            let repo = i.name.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(i.name.as_str(), |(r, _)| r).to_string();
+            json!({"names": [format!("{repo}@{}", i.digest), i.name], "sizeBytes": i.size})
+        })
+        .collect();
+    let uname = nix::sys::utsname::uname().ok();
+    json!({
+        "capacity": capacity,
+        "allocatable": capacity,
+        "conditions": [
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ],
+        "addresses": [{"type": "InternalIP", "address": cfg.node_ip.to_string()}, {"type": "Hostname", "address": cfg.node_name}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.listen.map_or(0, |a| a.port())}},
+        "nodeInfo": {
+            "machineID": "", "systemUUID": "", "bootID": "",
+            "kernelVersion": uname.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            "osImage": "kapp", "containerRuntimeVersion": "libcontainer://0.7", "kubeletVersion": concat!("v1.33.0-kapp.", env!("CARGO_PKG_VERSION")),
+            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+        },
+        "images": images,
+    })
+}
+
+/// Create (or update) this node's Node object and status.
+async fn register(shared: &Shared) -> Result<(), KubeletError> {
+    let cfg = &shared.cfg;
+    let api: Api<Node> = Api::all(shared.client.clone());
+    let err = |source| KubeletError::Register { node: cfg.node_name.clone(), source };
+    let labels = json!({"kubernetes.io/hostname": cfg.node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"});
+    let spec = json!({"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]});
+    let node: Node = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": cfg.node_name, "labels": labels}, "spec": spec})).expect("a node");
+    match api.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            api.patch(&cfg.node_name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels}, "spec": spec}))).await.map_err(err)?;
+        }
+        Err(e) => return Err(err(e)),
+    }
+    api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(json!({"status": node_status(shared)}))).await.map_err(err)?;
+    Ok(())
+}
+
+/// Renew the Lease and the Node status every heartbeat.
+async fn heartbeat(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let leases: Api<Lease> = Api::namespaced(shared.client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(shared.client.clone());
+    let name = shared.cfg.node_name.clone();
+    let duration = (shared.cfg.heartbeat.as_secs() * 4).max(10) as i32;
+    loop {
+        let spec = json!({"holderIdentity": name, "leaseDurationSeconds": duration, "renewTime": now_micro()});
+        let renewed = match leases.get_opt(&name).await {
+            Ok(Some(_)) => leases.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec}))).await.map(|_| ()),
+            Ok(None) => {
+                let lease: Lease = serde_json::from_value(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": spec})).expect("a lease");
+                leases.create(&PostParams::default(), &lease).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = renewed {
+            tracing::warn!(node = %name, error = %e, "lease renewal");
+        }
+        if let Err(e) = nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": node_status(&shared)}))).await {
+            tracing::warn!(node = %name, error = %e, "node status");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(shared.cfg.heartbeat) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Watch this node's pods into the cache and wake their workers.
+async fn watch_pods(shared: Arc<Shared>, writer: reflector::store::Writer<Pod>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let api: Api<Pod> = Api::all(shared.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.cfg.node_name));
+    let stream = reflector::reflector(writer, watcher(api, cfg));
+    tokio::pin!(stream);
+    let mut cleaned = false;
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => ev,
+            _ = stop.changed() => return,
+        };
+        match ev {
+            None => return,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "pod watch");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Some(Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p) | watcher::Event::InitApply(p))) => {
+                if let Some(uid) = &p.metadata.uid {
+                    if cleaned {
+                        shared.wake(uid);
+                    }
+                }
+            }
+            Some(Ok(watcher::Event::Init)) => {}
+            Some(Ok(watcher::Event::InitDone)) => {
+                let present: HashSet<String> = shared.pods.state().iter().filter_map(|p| p.metadata.uid.clone()).collect();
+                if !cleaned {
+                    // Leftovers of pods deleted while this kubelet was away.
+                    clean_node(&shared, &present).await;
+                    cleaned = true;
+                }
+                let mut all: Vec<String> = shared.workers.lock().expect("workers lock").keys().cloned().collect();
+                all.extend(present);
+                for uid in all {
+                    shared.wake(&uid);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Containers: overlayfs root filesystems over the image layers, run by youki's libcontainer
+//! in this process (no daemon). The container's init process is a child of this process
+//! (libcontainer clones it as a sibling of its intermediate process), so its exit status is
+//! collected with `waitpid` by a small thread per container.
+//!
+//! cgroups: libcontainer (without systemd) creates `<cgroupsPath>` in every v1 hierarchy on a
+//! hybrid host (this development machine: v1 controllers plus an empty cgroup2 at
+//! `/sys/fs/cgroup/unified`), or in the unified hierarchy on a cgroup2-only host (the
+//! appliance), where containers also get a private cgroup namespace. The kubelet removes
+//! the pod-level parents libcontainer leaves behind.
+
+pub mod logs;
+pub mod spec;
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+pub use spec::{BindMount, ContainerParams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("container {id}: {reason}")]
+    Container { id: String, reason: String },
+    #[error("mount {}: {reason}", target.display())]
+    Mount { target: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
+    Io { path: PathBuf, reason: String },
+    #[error("invalid runtime spec: {0}")]
+    Spec(String),
+}
+
+/// Which cgroup hierarchy the host has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// cgroup2 only (`/sys/fs/cgroup/cgroup.controllers` exists).
+    Unified,
+    /// v1 controllers, maybe with an empty cgroup2 beside them.
+    Legacy,
+}
+
+impl CgroupLayout {
+    pub fn detect() -> CgroupLayout {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            CgroupLayout::Unified
+        } else {
+            CgroupLayout::Legacy
+        }
+    }
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// How a container ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, or 128 + signal.
+    pub code: i32,
+    pub signal: Option<i32>,
+}
+
+/// The in-process container runtime.
+pub struct Runtime {
+    /// libcontainer's state directories (`<root>/<id>/state.json`).
+    root: PathBuf,
+    pub cgroups: CgroupLayout,
+    /// Container creation clones this process; one at a time keeps that simple to reason about.
+    create: Mutex<()>,
+}
+
+/// Runs the image's program, first restoring the signal dispositions exec does not reset:
+/// Rust ignores SIGPIPE in this process, and an ignored signal stays ignored across exec.
+#[derive(Clone)]
+struct KubeletExecutor;
+
+impl Executor for KubeletExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        restore_signals();
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+#[allow(unsafe_code)]
+fn restore_signals() {
+    // SAFETY: runs in the single-threaded container init just before exec; setting a
+    // disposition to SIG_DFL installs no handler.
+    unsafe {
+        let _ = nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
+    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None);
+}
+
+/// The pid of the process that runs containers (0: not yet known).
+static RUNTIME_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" {
+    /// glibc: like atexit, with the exit status.
+    fn on_exit(function: extern "C" fn(libc::c_int, *mut libc::c_void), arg: *mut libc::c_void) -> libc::c_int;
+}
+
+extern "C" fn exit_at_once_in_clones(status: libc::c_int, _arg: *mut libc::c_void) {
+    let runtime = RUNTIME_PID.load(std::sync::atomic::Ordering::Relaxed);
+    if runtime != 0 && nix::unistd::getpid().as_raw() != runtime {
+        #[allow(unsafe_code)]
+        // SAFETY: _exit ends the process without running further exit handlers.
+        unsafe {
+            libc::_exit(status)
+        }
+    }
+}
+
+/// libcontainer's intermediate and init processes are clones of this multi-threaded
+/// process and leave with `exit()`, which runs every exit handler the process registered —
+/// including ones that wait for threads that do not exist in the clone (RocksDB's thread
+/// pools, when a store runs in the same process, as in tests). Exit handlers run last
+/// registered first: this one, registered once when the first runtime is made, ends a clone
+/// at once. Handlers registered after it (none in the kubelet) would still run.
+#[allow(unsafe_code)]
+fn guard_clone_exits() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        RUNTIME_PID.store(nix::unistd::getpid().as_raw(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: registers a handler with static lifetime and no captured state.
+        let rc = unsafe { on_exit(exit_at_once_in_clones, std::ptr::null_mut()) };
+        if rc != 0 {
+            tracing::warn!("on_exit failed: clones may hang in exit handlers");
+        }
+    });
+}
+
+impl Runtime {
+    pub fn new(root: &Path) -> Result<Runtime, RuntimeError> {
+        guard_clone_exits();
+        std::fs::create_dir_all(root).map_err(|e| RuntimeError::Io { path: root.to_path_buf(), reason: e.to_string() })?;
+        Ok(Runtime { root: root.to_path_buf(), cgroups: CgroupLayout::detect(), create: Mutex::new(()) })
+    }
+
+    /// Write `config.json` into `bundle`, create and start container `id`; its init's pid.
+    /// Blocking (clones processes): call from a blocking thread.
+    pub fn run(&self, id: &str, bundle: &Path, spec: &serde_json::Value, stdout: OwnedFd, stderr: OwnedFd) -> Result<i32, RuntimeError> {
+        let err = |reason: String| RuntimeError::Container { id: id.to_string(), reason };
+        let spec: Spec = serde_json::from_value(spec.clone()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+        std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::Io { path: bundle.to_path_buf(), reason: e.to_string() })?;
+        spec.save(bundle.join("config.json")).map_err(|e| err(format!("writing config.json: {e}")))?;
+        // A leftover of an earlier attempt under the same id.
+        if self.root.join(id).exists() {
+            self.delete(id);
+        }
+        let stdin = File::open("/dev/null").map_err(|e| err(e.to_string()))?;
+        let _one = self.create.lock().expect("create lock");
+        let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+            .with_root_path(&self.root)
+            .map_err(|e| err(e.to_string()))?
+            .with_executor(KubeletExecutor)
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr)
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build();
+        let mut c = match built {
+            Ok(c) => c,
+            Err(e) => {
+                self.delete(id);
+                return Err(err(format!("create: {e}")));
+            }
+        };
+        if let Err(e) = c.start() {
+            self.delete(id);
+            return Err(err(format!("start: {e}")));
+        }
+        c.pid().map(|p| p.as_raw()).ok_or_else(|| err("no pid after start".into()))
+    }
+
+    /// Send `signal` to the container's init (or, `all`, to every process of its cgroup).
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), RuntimeError> {
+        let mut c = Container::load(self.root.join(id)).map_err(|e| RuntimeError::Container { id: id.to_string(), reason: e.to_string() })?;
+        c.kill(signal, all).map_err(|e| RuntimeError::Container { id: id.to_string(), reason: e.to_string() })
+    }
+
+    /// The pid of a container libcontainer still knows (for adoption after a restart).
+    pub fn pid(&self, id: &str) -> Option<i32> {
+        let c = Container::load(self.root.join(id)).ok()?;
+        c.pid().map(|p| p.as_raw())
+    }
+
+    /// Ids of every container with state on this node.
+    pub fn list(&self) -> Vec<String> {
+        std::fs::read_dir(&self.root).map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect()).unwrap_or_default()
+    }
+
+    /// Kill what is left and remove the container's cgroup and state. Never fails: what
+    /// cannot be removed is logged.
+    pub fn delete(&self, id: &str) {
+        let dir = self.root.join(id);
+        match Container::load(dir.clone()) {
+            Ok(mut c) => {
+                if let Err(e) = c.delete(true) {
+                    tracing::warn!(id, %e, "libcontainer delete failed");
+                }
+            }
+            Err(e) => tracing::debug!(id, %e, "no libcontainer state"),
+        }
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Whether the kernel's OOM killer killed a process of cgroup `path` (read before delete).
+    pub fn oom_killed(&self, cgroups_path: &str) -> bool {
+        let rel = cgroups_path.trim_start_matches('/');
+        let file = match self.cgroups {
+            CgroupLayout::Unified => Path::new(CGROUP_ROOT).join(rel).join("memory.events"),
+            CgroupLayout::Legacy => Path::new(CGROUP_ROOT).join("memory").join(rel).join("memory.oom_control"),
+        };
+        std::fs::read_to_string(file).map(|s| oom_count(&s) > 0).unwrap_or(false)
+    }
+
+    /// The RLIMIT_NOFILE containers get: this process's hard limit for both (capped at 1M).
+    pub fn nofile(&self) -> (u64, u64) {
+        let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(_, h)| h).min(1 << 20);
+        (hard, hard)
+    }
+
+    /// Whether memory+swap can be limited (v1 needs swap accounting).
+    pub fn swap_accounting(&self) -> bool {
+        match self.cgroups {
+            // The root has no memory.swap.max: look at this process's own cgroup.
+            CgroupLayout::Unified => std::fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::")).map(|p| Path::new(CGROUP_ROOT).join(p.trim_start_matches('/')).join("memory.swap.max")))
+                .is_some_and(|p| p.exists()),
+            CgroupLayout::Legacy => Path::new(CGROUP_ROOT).join("memory/memory.memsw.limit_in_bytes").exists(),
+        }
+    }
+
+    /// Remove an (empty) cgroup directory `rel` from every hierarchy; true if none is left.
+    pub fn remove_cgroup(&self, rel: &str) -> bool {
+        let rel = rel.trim_start_matches('/');
+        let dirs: Vec<PathBuf> = match self.cgroups {
+            CgroupLayout::Unified => vec![Path::new(CGROUP_ROOT).join(rel)],
+            CgroupLayout::Legacy => std::fs::read_dir(CGROUP_ROOT)
+                .map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path().join(rel)).collect())
+                .unwrap_or_default(),
+        };
+        let mut clean = true;
+        for d in dirs {
+            if d.exists() && std::fs::remove_dir(&d).is_err() {
+                clean = false;
+                tracing::warn!(dir = %d.display(), "cgroup not removed");
+            }
+        }
+        clean
+    }
+
+    /// Every hierarchy directory of cgroup `rel` that exists (for tests and diagnostics).
+    pub fn cgroup_dirs(&self, rel: &str) -> Vec<PathBuf> {
+        let rel = rel.trim_start_matches('/');
+        let candidates: Vec<PathBuf> = match self.cgroups {
+            CgroupLayout::Unified => vec![Path::new(CGROUP_ROOT).join(rel)],
+            CgroupLayout::Legacy => std::fs::read_dir(CGROUP_ROOT).map(|rd| rd.flatten().map(|e| e.path().join(rel)).collect()).unwrap_or_default(),
+        };
+        candidates.into_iter().filter(|p| p.is_dir()).collect()
+    }
+}
+
+/// `oom_kill N` from memory.events (v2) or memory.oom_control (v1). Pure.
+pub fn oom_count(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Wait for child `pid` on a small thread of its own; the exit arrives on the channel.
+pub fn wait_exit(pid: i32) -> tokio::sync::oneshot::Receiver<Exit> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name(format!("wait-{pid}")).stack_size(128 << 10).spawn(move || {
+        let exit = loop {
+            match waitpid(Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, code)) => break Exit { code, signal: None },
+                Ok(WaitStatus::Signaled(_, sig, _)) => break Exit { code: 128 + sig as i32, signal: Some(sig as i32) },
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                // Not our child (adopted after a restart): poll until it is gone.
+                Err(_) => {
+                    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                    break Exit { code: 137, signal: None };
+                }
+            }
+        };
+        let _ = tx.send(exit);
+    });
+    if let Err(e) = spawned {
+        tracing::error!(pid, %e, "cannot start a wait thread");
+    }
+    rx
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'))).unwrap_or(true)
+}
+
+/// Mount an overlay of `lower` (top layer first) with `upper`/`work` at `target`.
+pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), RuntimeError> {
+    let merr = |reason: String| RuntimeError::Mount { target: target.to_path_buf(), reason };
+    for d in [upper, work, target] {
+        std::fs::create_dir_all(d).map_err(|e| merr(format!("{}: {e}", d.display())))?;
+    }
+    if lower.is_empty() {
+        return Err(merr("an image without layers".into()));
+    }
+    let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    if lowers.iter().any(|l| l.contains(':') || l.contains(',')) {
+        return Err(merr("a layer path contains ':' or ','".into()));
+    }
+    let data = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+    if data.len() >= 4000 {
+        return Err(merr(format!("overlay options are {} bytes (a page at most)", data.len())));
+    }
+    nix::mount::mount(Some("overlay"), target, Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str())).map_err(|e| merr(e.to_string()))
+}
+
+/// Unmount `target` if mounted (lazily: nothing may hold it any more).
+pub fn unmount(target: &Path) {
+    loop {
+        match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
+            Err(e) => {
+                tracing::warn!(target = %target.display(), %e, "unmount failed");
+                break;
+            }
+        }
+    }
+}
+
+/// A new IPC namespace kept alive by a bind mount at `file` (containers of a pod join it by
+/// path). A short-lived thread unshares its own IPC namespace and mounts it.
+pub fn new_ipc_namespace(file: &Path) -> Result<(), RuntimeError> {
+    let merr = |reason: String| RuntimeError::Mount { target: file.to_path_buf(), reason };
+    File::create(file).map_err(|e| merr(e.to_string()))?;
+    let target = file.to_path_buf();
+    let joined = std::thread::Builder::new()
+        .name("ipc-ns".into())
+        .spawn(move || -> Result<(), String> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWIPC).map_err(|e| format!("unshare: {e}"))?;
+            nix::mount::mount(Some("/proc/thread-self/ns/ipc"), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).map_err(|e| format!("bind: {e}"))
+        })
+        .map_err(|e| merr(e.to_string()))?
+        .join();
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(merr(e)),
+        Err(_) => Err(merr("the namespace thread panicked".into())),
+    }
+}
+
+/// Whether something is mounted at `path` (from /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let p = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(p.as_str()))).unwrap_or(false)
+}
+
+/// Every mount point at or below `dir`.
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| s.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| *m == d || m.starts_with(&format!("{d}/"))).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_counters() {
+        assert_eq!(oom_count("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"), 1);
+        assert_eq!(oom_count("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n"), 0);
+        assert_eq!(oom_count(""), 0);
+    }
+}
