@@ -58,6 +58,14 @@ fn cause(index: usize, what: &str, field: &str, message: String) -> Value {
     json!({"reason": "FieldValueInvalid", "field": format!("items[{index}]{}{field}", if field.is_empty() { "" } else { "." }), "message": format!("{what}: {message}")})
 }
 
+/// 422 for item `i` whose object the apiserver refuses while writing (a Service address).
+fn item_invalid(i: usize, item: &Item, errors: Vec<kapp_api::FieldError>) -> Response<Body> {
+    let what = item.describe();
+    let causes: Vec<Value> = errors.iter().map(|e| cause(i, &what, &e.field, e.to_string())).collect();
+    let msg = format!("Apply is invalid: {}", causes.iter().filter_map(|c| c["message"].as_str()).collect::<Vec<_>>().join("; "));
+    json_response(StatusCode::UNPROCESSABLE_ENTITY, &status(422, "Invalid", &msg, Some(json!({"causes": causes}))))
+}
+
 /// Resolve item `i` of the request, or say what is wrong with it.
 fn resolve(i: usize, raw: &Value) -> Result<Item, Vec<Value>> {
     let expect = match raw.get("resourceVersion") {
@@ -222,7 +230,7 @@ pub(crate) async fn apply(ctx: &Ctx, t: &Target, body: Value) -> Response<Body> 
     }
     let mut txn = Txn::default();
     let mut results = Vec::with_capacity(items.len());
-    for (item, current) in items.iter().zip(&stored) {
+    for (i, (item, current)) in items.iter().zip(&stored).enumerate() {
         let conflict = match (item.expect, current) {
             (None, Some(_)) => Some("already exists".to_string()),
             (Some(rv), None) => Some(format!("was deleted (expected resourceVersion {rv})")),
@@ -246,12 +254,30 @@ pub(crate) async fn apply(ctx: &Ctx, t: &Target, body: Value) -> Response<Body> 
         };
         let action = match (&item.object, &old) {
             (Some(obj), None) => {
-                let new = stamp_new(item.res, obj.clone());
+                let mut new = stamp_new(item.res, obj.clone());
+                if item.res.kind == "Service" {
+                    match crate::alloc::settle(None, &mut new) {
+                        Ok((c, o)) => {
+                            txn.compare.extend(c);
+                            txn.success.extend(o);
+                        }
+                        Err(errors) => return item_invalid(i, item, errors),
+                    }
+                }
                 txn.success.push(Op::Put { key: item.key.clone().into_bytes(), value: ctx.codec.encode(item.res.kind, &new), prev_kv: false });
                 "created"
             }
             (Some(obj), Some(old)) => {
-                let new = carry_over(item.res, old, obj.clone());
+                let mut new = carry_over(item.res, old, obj.clone());
+                if item.res.kind == "Service" {
+                    match crate::alloc::settle(Some(old), &mut new) {
+                        Ok((c, o)) => {
+                            txn.compare.extend(c);
+                            txn.success.extend(o);
+                        }
+                        Err(errors) => return item_invalid(i, item, errors),
+                    }
+                }
                 if without_version(&new) == without_version(old) {
                     "unchanged"
                 } else {
@@ -260,10 +286,15 @@ pub(crate) async fn apply(ctx: &Ctx, t: &Target, body: Value) -> Response<Body> 
                 }
             }
             (None, Some(old)) => {
+                let namespace = item.res.kind == "Namespace";
                 let finalizers = old["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-                if finalizers {
-                    // Deletion waits for the finalizers' owners, as a DELETE would.
+                if finalizers || namespace {
+                    // Deletion waits for the finalizers' owners, as a DELETE would; a
+                    // Namespace waits for the namespace controller to empty it.
                     let mut marked = old.clone();
+                    if namespace {
+                        crate::mark_namespace_terminating(&mut marked);
+                    }
                     if !marked["metadata"]["deletionTimestamp"].is_string() {
                         marked["metadata"]["deletionTimestamp"] = json!(util::now_rfc3339());
                         marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
@@ -272,6 +303,9 @@ pub(crate) async fn apply(ctx: &Ctx, t: &Target, body: Value) -> Response<Body> 
                     txn.success.push(Op::Put { key: item.key.clone().into_bytes(), value: ctx.codec.encode(item.res.kind, &marked), prev_kv: false });
                 } else {
                     txn.success.push(Op::Delete { range: KeyRange::single(item.key.clone()), prev_kv: false });
+                    if item.res.kind == "Service" {
+                        txn.success.extend(crate::alloc::release(old));
+                    }
                 }
                 "deleted"
             }

@@ -8,6 +8,7 @@
 //! client certificate, coarse authorisation by group (see `authz`). Objects are stored as
 //! JSON; `resourceVersion` is the store's `mod_revision`.
 
+mod alloc;
 mod apply;
 mod authz;
 mod codec;
@@ -584,22 +585,65 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     if let Err(r) = settle_namespace(t, &mut obj) {
         return r;
     }
+    generate_name(&mut obj);
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     if let Err(errors) = validate(t.res, &obj) {
         return invalid(t, &name, errors);
     }
-    let mut obj = stamp_new(t.res, obj);
+    if let Some(r) = refuse_if_terminating(ctx, t).await {
+        return r;
+    }
+    let fresh = stamp_new(t.res, obj);
     let key = object_key(t, &name);
-    let value = ctx.codec.encode(t.res.kind, &obj);
-    let txn = Txn { compare: vec![Compare::absent(key.clone())], success: vec![Op::Put { key: key.into_bytes(), value, prev_kv: false }], failure: vec![] };
-    match ctx.store.txn(txn).await {
-        Err(e) => store_failure(e),
-        Ok(r) if !r.succeeded => json_response(StatusCode::CONFLICT, &status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.res.plural), Some(json!({"name": name, "kind": t.res.plural})))),
-        Ok(r) => {
-            obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
-            json_response(StatusCode::CREATED, &obj)
+    // A Service's addresses are claimed in the same transaction; a collision with another
+    // Service's (rare: random picks) is retried with new picks.
+    for _ in 0..WRITE_ATTEMPTS {
+        let mut obj = fresh.clone();
+        let (mut compare, mut ops) = (vec![Compare::absent(key.clone())], Vec::new());
+        if t.res.kind == "Service" {
+            match alloc::settle(None, &mut obj) {
+                Ok((c, o)) => {
+                    compare.extend(c);
+                    ops.extend(o);
+                }
+                Err(errors) => return invalid(t, &name, errors),
+            }
+        }
+        let value = ctx.codec.encode(t.res.kind, &obj);
+        ops.push(Op::Put { key: key.clone().into_bytes(), value, prev_kv: false });
+        match ctx.store.txn(Txn { compare, success: ops, failure: vec![] }).await {
+            Err(e) => return store_failure(e),
+            Ok(r) if r.succeeded => {
+                obj["metadata"]["resourceVersion"] = json!(r.revision.to_string());
+                return json_response(StatusCode::CREATED, &obj);
+            }
+            Ok(_) => match ctx.store.get(key.clone()).await {
+                Err(e) => return store_failure(e),
+                Ok(Some(_)) => return json_response(StatusCode::CONFLICT, &status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.res.plural), Some(json!({"name": name, "kind": t.res.plural})))),
+                // An address the client asked for is taken; a random pick is tried again.
+                Ok(None) if fresh["spec"]["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty() && ip != "None") => {
+                    return invalid(t, &name, vec![kapp_api::FieldError { field: "spec.clusterIP".into(), kind: kapp_api::ErrorType::Invalid, detail: format!("{}: provided IP is already allocated", fresh["spec"]["clusterIP"]) }]);
+                }
+                Ok(None) if fresh["spec"]["ports"].as_array().is_some_and(|ps| ps.iter().any(|p| p["nodePort"].is_i64())) => {
+                    return invalid(t, &name, vec![kapp_api::FieldError { field: "spec.ports[].nodePort".into(), kind: kapp_api::ErrorType::Invalid, detail: "provided port is already allocated".into() }]);
+                }
+                Ok(None) => continue,
+            },
         }
     }
+    fail(409, "Conflict", &format!("{} \"{name}\": no free address after {WRITE_ATTEMPTS} attempts", t.res.plural))
+}
+
+/// Kubernetes refuses new objects in a Namespace that is being deleted, so the namespace
+/// controller's sweep ends.
+async fn refuse_if_terminating(ctx: &Ctx, t: &Target) -> Option<Response<Body>> {
+    let ns = t.namespace.as_deref().filter(|_| t.res.namespaced)?;
+    let res = kapp_api::resource::by_kind("v1", "Namespace")?;
+    let kv = ctx.store.get(keys::object_key(res, "", ns)).await.ok()??;
+    let obj = ctx.codec.decode(&kv.value).ok()?;
+    obj["metadata"]["deletionTimestamp"].is_string().then(|| {
+        fail(403, "Forbidden", &format!("{} in namespace {ns:?}: unable to create new content in namespace {ns} because it is being terminated", t.res.plural))
+    })
 }
 
 /// Read-modify-write attempts before a write that keeps racing gives up.
@@ -646,11 +690,11 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
                 && obj["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
                 && obj["metadata"]["deletionGracePeriodSeconds"].as_i64().is_none_or(|g| g == 0));
         if finished {
-            let txn = Txn {
-                compare: vec![Compare::mod_revision(key.clone(), expect.unwrap_or(current.mod_revision))],
-                success: vec![Op::Delete { range: KeyRange::single(key.clone()), prev_kv: false }],
-                failure: vec![],
-            };
+            let mut success = vec![Op::Delete { range: KeyRange::single(key.clone()), prev_kv: false }];
+            if t.res.kind == "Service" {
+                success.extend(alloc::release(&stored));
+            }
+            let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), expect.unwrap_or(current.mod_revision))], success, failure: vec![] };
             match ctx.store.txn(txn).await {
                 Err(e) => return store_failure(e),
                 Ok(r) if r.succeeded => {
@@ -675,9 +719,20 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
         meta.remove("resourceVersion");
         meta.insert("uid".into(), stored["metadata"]["uid"].clone());
         meta.insert("creationTimestamp".into(), stored["metadata"]["creationTimestamp"].clone());
-        let value = ctx.codec.encode(t.res.kind, &obj);
         let base = expect.unwrap_or(current.mod_revision);
-        let txn = Txn { compare: vec![Compare::mod_revision(key.clone(), base)], success: vec![Op::Put { key: key.clone().into_bytes(), value, prev_kv: false }], failure: vec![] };
+        let (mut compare, mut success) = (vec![Compare::mod_revision(key.clone(), base)], Vec::new());
+        if t.res.kind == "Service" {
+            match alloc::settle(Some(&stored), &mut obj) {
+                Ok((c, o)) => {
+                    compare.extend(c);
+                    success.extend(o);
+                }
+                Err(errors) => return invalid(t, name, errors),
+            }
+        }
+        let value = ctx.codec.encode(t.res.kind, &obj);
+        success.push(Op::Put { key: key.clone().into_bytes(), value, prev_kv: false });
+        let txn = Txn { compare, success, failure: vec![] };
         match ctx.store.txn(txn).await {
             Err(e) => return store_failure(e),
             Ok(r) if r.succeeded => {
@@ -714,12 +769,48 @@ fn stamp_new(res: &Resource, mut obj: Value) -> Value {
     }
     meta.insert("uid".into(), json!(util::uuid4()));
     meta.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
+    meta.insert("generation".into(), json!(1));
     obj
+}
+
+/// `metadata.generateName` without a name: the prefix plus five random characters from
+/// Kubernetes' alphabet (no vowels, no look-alikes). A collision is a 409 the client retries,
+/// as with Kubernetes.
+fn generate_name(obj: &mut Value) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    if meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+        return;
+    }
+    let Some(prefix) = meta.get("generateName").and_then(Value::as_str) else { return };
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = (0..5).map(|_| ALPHABET[rand::random::<usize>() % ALPHABET.len()] as char).collect();
+    let name = format!("{prefix}{suffix}");
+    meta.insert("name".into(), json!(name));
+}
+
+/// `metadata.generation` counts changes of the desired state: everything but metadata and
+/// status. Status writes and metadata-only writes keep it.
+fn next_generation(stored: &Value, new: &mut Value) {
+    let old = stored["metadata"]["generation"].as_i64().unwrap_or(1);
+    let desired = |v: &Value| -> Vec<(String, Value)> {
+        v.as_object()
+            .map(|m| m.iter().filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    };
+    let mut a = desired(stored);
+    let mut b = desired(new);
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    let generation = if a == b { old } else { old + 1 };
+    if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("generation".into(), json!(generation));
+    }
 }
 
 /// For kinds with a status subresource, the main resource never changes status and the
 /// status subresource changes nothing else.
 fn keep_status(res: &Resource, stored: &Value, mut new: Value) -> Value {
+    next_generation(stored, &mut new);
     if res.has(kapp_api::Subresource::Status) {
         match stored.get("status") {
             Some(st) => new["status"] = st.clone(),
@@ -831,13 +922,33 @@ async fn bind(ctx: &Ctx, t: &Target, name: &str, binding: Value) -> Response<Bod
 /// propagation policy, which adds one) they get a `deletionTimestamp` and go when the last
 /// finalizer is removed. A pod on a node is deleted gracefully: marked with a grace period
 /// for its kubelet to stop it, unless `gracePeriodSeconds` is 0.
+/// A deleted Namespace waits, Terminating, until the namespace controller has removed
+/// everything inside and this finalizer.
+const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+/// Add the namespace controller's finalizer and phase Terminating to a Namespace.
+pub(crate) fn mark_namespace_terminating(ns: &mut Value) {
+    let mut finalizers: Vec<Value> = ns["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+    if !finalizers.iter().any(|x| x == NAMESPACE_FINALIZER) {
+        finalizers.push(json!(NAMESPACE_FINALIZER));
+    }
+    ns["metadata"]["finalizers"] = json!(finalizers);
+    ns["status"]["phase"] = json!("Terminating");
+}
+
 async fn delete(ctx: &Ctx, t: &Target, name: &str, options: Value, query: &std::collections::HashMap<String, String>) -> Response<Body> {
     let policy = options["propagationPolicy"].as_str().or(query.get("propagationPolicy").map(String::as_str)).unwrap_or("Background").to_string();
     if !["Background", "Foreground", "Orphan"].contains(&policy.as_str()) {
         return fail(400, "BadRequest", &format!("propagationPolicy {policy:?} is not Background, Foreground or Orphan"));
     }
     let grace = options["gracePeriodSeconds"].as_i64().or(query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let precondition_uid = options["preconditions"]["uid"].as_str().map(str::to_string);
     rewrite(ctx, t, name, None, |stored| {
+        if let Some(uid) = &precondition_uid {
+            if stored["metadata"]["uid"].as_str() != Some(uid.as_str()) {
+                return Change::Refuse(fail(409, "Conflict", &format!("{} \"{name}\": precondition failed: UID in precondition: {uid}, UID in object meta: {}", t.res.plural, stored["metadata"]["uid"].as_str().unwrap_or(""))));
+            }
+        }
         let mut o = stored.clone();
         let mut finalizers: Vec<Value> = o["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
         let extra = match policy.as_str() {
@@ -849,6 +960,11 @@ async fn delete(ctx: &Ctx, t: &Target, name: &str, options: Value, query: &std::
             if !finalizers.iter().any(|x| x == f) {
                 finalizers.push(json!(f));
             }
+        }
+        if t.res.kind == "Namespace" {
+            o["metadata"]["finalizers"] = json!(finalizers);
+            mark_namespace_terminating(&mut o);
+            finalizers = o["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
         }
         let on_node = t.res.kind == "Pod" && stored["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
         let period = grace.unwrap_or_else(|| stored["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0);

@@ -24,6 +24,10 @@ enum Command {
     Apiserver(ApiserverArgs),
     /// Run the GitOps reconciler: make the cluster match a git repository.
     Gitops(GitopsArgs),
+    /// Run the scheduler (one active per cluster, by Lease `kapp-scheduler`).
+    Scheduler(LoopArgs),
+    /// Run the controllers (one active per cluster, by Lease `kapp-controllers`).
+    Controllers(LoopArgs),
     /// Run the Service proxy: Services and EndpointSlices → this node's nftables table.
     Proxy(ProxyArgs),
     /// Run the cluster DNS: authoritative for the cluster domain, the rest forwarded.
@@ -82,6 +86,35 @@ struct ApiserverArgs {
     /// Append one JSON line per mutating request to this file.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct LoopArgs {
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    apiserver: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Lease holder identity (default: hostname-pid).
+    #[arg(long)]
+    holder: Option<String>,
+}
+
+fn holder_name(given: &Option<String>) -> String {
+    given.clone().unwrap_or_else(|| format!("{}-{}", std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(), std::process::id()))
+}
+
+async fn run_loop(a: LoopArgs, scheduler: bool) -> Result<()> {
+    let tls = a.tls.load()?;
+    let client = kapp_runtime::client(&a.apiserver, &tls).await?;
+    let holder = holder_name(&a.holder);
+    if scheduler {
+        println!("kapp scheduler as {holder}");
+        kapp_controllers::run_scheduler(client, kapp_scheduler::Config::default(), &holder, shutdown_signal()).await;
+    } else {
+        println!("kapp controllers as {holder}");
+        kapp_controllers::run_controllers(client, kapp_controllers::Config::default(), &holder, shutdown_signal()).await;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -337,7 +370,7 @@ async fn run_gitops(a: GitopsArgs) -> Result<()> {
         }
         _ => None,
     };
-    let holder = a.holder.clone().unwrap_or_else(|| format!("{}-{}", std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(), std::process::id()));
+    let holder = holder_name(&a.holder);
     println!("kapp gitops following {} as {holder}", a.repo);
     kapp_gitops::run(client, cfg, &holder, webhook, shutdown_signal()).await;
     Ok(())
@@ -438,6 +471,8 @@ fn main() -> Result<()> {
             Command::StoreStatus(a) => store_status(a).await,
             Command::Apiserver(a) => run_apiserver(a).await,
             Command::Gitops(a) => run_gitops(a).await,
+            Command::Scheduler(a) => run_loop(a, true).await,
+            Command::Controllers(a) => run_loop(a, false).await,
             Command::Proxy(a) => run_proxy(a).await,
             Command::Dns(a) => run_dns(a).await,
             Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {

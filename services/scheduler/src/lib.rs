@@ -38,3 +38,20 @@ pub use resources::{pod_requests, PodRequests, ResourceError, Resources};
 pub use scheduler::{Config, ScheduleError, Scheduler};
 pub use scores::Weights;
 pub use snapshot::Snapshot;
+
+pub use pod_info::tolerates;
+
+/// Whether `pod` may run on `node` by the node's labels and taints: its node selector and
+/// required node affinity match, and it tolerates every NoSchedule and NoExecute taint.
+/// (The DaemonSet controller's placement predicate; resources are left to the kubelet.)
+pub fn node_eligible(pod: &k8s_openapi::api::core::v1::Pod, node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let Ok(info) = pod_info::PodInfo::new(pod) else { return false };
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let labels: selectors::Labels = labels.into_iter().collect();
+    let terms_fit = info.required_node_terms.as_ref().is_none_or(|terms| terms.iter().any(|t| t.matches(&name, &labels)));
+    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    info.node_selector.matches(&labels)
+        && terms_fit
+        && taints.iter().filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute").all(|t| info.tolerates(t))
+}

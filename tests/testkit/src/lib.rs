@@ -9,6 +9,8 @@ use kapp_store::testing::TestCluster;
 
 pub use kapp_store::testing;
 
+pub mod hollow;
+
 /// Identity groups, as the apiserver authorises them.
 pub use kapp_api::groups;
 
@@ -88,6 +90,6 @@ async fn start_api(store: &TestCluster, listener: tokio::net::TcpListener) -> Ap
 
 async fn serve(store: &TestCluster, client: kapp_store_client::StoreClient, listener: tokio::net::TcpListener) -> ApiServer {
     let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).expect("issue the serving certificate");
-    let cfg = ApiServerConfig { tls: serving, store: client, max_connections: 256, secret_key: Some(vec![7; 32]), audit_log: None, bookmark_interval: Duration::from_millis(500) };
+    let cfg = ApiServerConfig { tls: serving, store: client, max_connections: 2048, secret_key: Some(vec![7; 32]), audit_log: None, bookmark_interval: Duration::from_millis(500) };
     ApiServer::start(cfg, listener).await.expect("start the apiserver")
 }
