@@ -159,6 +159,23 @@ async fn proxy_and_dns_follow_services_and_endpoint_slices() {
         assert!(Command::new("ip").args(["netns", "exec", &ns.0, "nft", "flush", "map", "inet", "kapp", "service-ips-v4"]).status().unwrap().success());
         eventually("the check repairs the table", Duration::from_secs(10), || async { vip_map(&ns.0).contains("10.96.0.51 . tcp . 80") }).await;
     }
+
+    // A Service without a ClusterIP gets one from the apiserver; DNS and the proxy use it.
+    let auto: Service = serde_json::from_value(json!({"metadata": {"name": "auto"}, "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 8080}]}})).unwrap();
+    let auto = services.create(&PostParams::default(), &auto).await.unwrap();
+    let spec = auto.spec.unwrap();
+    let ip = spec.cluster_ip.clone().expect("the apiserver allocates a ClusterIP");
+    let node_port = spec.ports.unwrap()[0].node_port.expect("and a nodePort");
+    eventually("dns answers the allocated ClusterIP", Duration::from_secs(5), || async { a_records(&r, "auto.default.svc.cluster.local.").await == [ip.clone()] }).await;
+    if root {
+        // No EndpointSlice yet: the VIP and the nodePort reject.
+        eventually("the proxy rejects the endpoint-less service", Duration::from_secs(5), || async {
+            let out = Command::new("ip").args(["netns", "exec", &ns.0, "nft", "list", "map", "inet", "kapp", "no-endpoint-nodeports-v4"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!("tcp . {node_port} : goto reject-chain"))
+        })
+        .await;
+    }
+
     for p in &mut procs {
         p.terminate(Duration::from_secs(10)).unwrap();
     }

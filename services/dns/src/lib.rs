@@ -5,8 +5,10 @@
 //! - [`records`]: Services, EndpointSlices and Pods → the zones' records (pure);
 //! - [`server`]: the catalog, zone handlers and forwarder; updates replace only the
 //!   record sets that changed and bump the SOA serial;
+//! - [`negative`]: NXDOMAIN / NODATA from an index instead of hickory's scan of the zone;
 //! - [`run`]: the watch loop.
 
+pub mod negative;
 pub mod records;
 pub mod run;
 pub mod server;

@@ -284,7 +284,7 @@ mod tests {
     fn cfg() -> ZoneConfig {
         ZoneConfig::new("cluster.local", 5, &[("10.96.0.0".parse().unwrap(), 12), ("fd00:96::".parse().unwrap(), 112)]).unwrap()
     }
-    fn get<'a>(r: &'a Records, name: &str, t: RecordType) -> Vec<String> {
+    fn get(r: &Records, name: &str, t: RecordType) -> Vec<String> {
         let n = Name::from_ascii(name).unwrap();
         r.values()
             .filter_map(|z| z.get(&RrKey::new(LowerName::new(&n), t)))

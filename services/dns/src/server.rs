@@ -16,6 +16,7 @@ use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use hickory_server::Server;
 
+use crate::negative::{Index, IndexedZone};
 use crate::records::{Records, ZoneConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +41,7 @@ pub struct Upstreams {
 /// The zones' handlers and what was last written into them.
 pub struct Zones {
     cfg: ZoneConfig,
-    handlers: BTreeMap<Name, Arc<InMemoryZoneHandler>>,
+    handlers: BTreeMap<Name, (Arc<InMemoryZoneHandler>, Arc<std::sync::RwLock<Index>>)>,
     applied: Records,
     serial: u32,
 }
@@ -60,7 +61,8 @@ impl Zones {
             if !h.upsert_mut(soa(&cfg, &origin, serial), serial) {
                 return Err(DnsError::Zone(origin.to_string(), "the SOA was not accepted".into()));
             }
-            handlers.insert(origin, Arc::new(h));
+            let index = Index::new(&LowerName::new(&origin), []);
+            handlers.insert(origin, (Arc::new(h), Arc::new(std::sync::RwLock::new(index))));
         }
         Ok(Zones { cfg, handlers, applied: Records::new(), serial })
     }
@@ -74,7 +76,7 @@ impl Zones {
     pub async fn apply(&mut self, desired: &Records) -> UpdateStats {
         let mut stats = UpdateStats::default();
         let empty = BTreeMap::new();
-        for (origin, handler) in &self.handlers {
+        for (origin, (handler, index)) in &self.handlers {
             let want = desired.get(origin).unwrap_or(&empty);
             let have = self.applied.get(origin).unwrap_or(&empty);
             let gone: Vec<&RrKey> = have.keys().filter(|k| !want.contains_key(*k)).collect();
@@ -96,6 +98,8 @@ impl Zones {
             let mut soa_set = RecordSet::with_ttl(origin.clone(), RecordType::SOA, self.cfg.ttl);
             soa_set.insert(soa(&self.cfg, origin, serial), serial);
             records.insert(soa_key, Arc::new(soa_set));
+            let fresh = Index::new(&LowerName::new(origin), want.keys().map(|k| (&k.name, k.record_type)));
+            *index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         }
         if stats.zones_changed > 0 {
             self.serial = self.serial.wrapping_add(1);
@@ -132,8 +136,9 @@ impl DnsServer {
         let serial = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs() as u32);
         let zones = Zones::new(cfg, serial)?;
         let mut catalog = Catalog::new();
-        for (origin, h) in &zones.handlers {
-            catalog.upsert(LowerName::new(origin), vec![h.clone() as Arc<dyn ZoneHandler>]);
+        for (origin, (h, index)) in &zones.handlers {
+            let zone = IndexedZone { inner: h.clone(), index: index.clone() };
+            catalog.upsert(LowerName::new(origin), vec![Arc::new(zone) as Arc<dyn ZoneHandler>]);
         }
         if !upstreams.servers.is_empty() {
             let fwd = forwarder(upstreams)?;

@@ -138,6 +138,12 @@ async fn every_record_type_with_hickory_and_dig() {
         assert_eq!(ans, ["10-244-2-3.default.pod.cluster.local. 5 A 10.244.2.3"]);
         assert_eq!(dig(at, "nope.default.svc.cluster.local", "A").unwrap(), ("NXDOMAIN".to_string(), vec![]));
         assert_eq!(dig(at, "db.prod.svc.cluster.local", "AAAA").unwrap(), ("NOERROR".to_string(), vec![]));
+        // Negative answers carry the SOA (its minimum is the negative TTL).
+        for (name, t) in [("nope.default.svc.cluster.local", "A"), ("db.prod.svc.cluster.local", "AAAA"), ("svc.cluster.local", "A")] {
+            let out = Command::new("dig").args([&format!("@{}", at.ip()), "-p", &at.port().to_string(), name, t]).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("AUTHORITY: 1") && text.contains("SOA\tns.dns.cluster.local."), "{name} {t}: {text}");
+        }
         // Over TCP too.
         let out = Command::new("dig").args([&format!("@{}", at.ip()), "-p", &server.tcp_addr.port().to_string(), "+tcp", "+short", "web.default.svc.cluster.local", "A"]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.96.0.10");

@@ -48,13 +48,22 @@ where
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
         let mut first = true;
+        // After a failed sync: retry with capped exponential backoff (1 s … 30 s).
+        let mut retry: Option<Duration> = None;
         loop {
             let is_check = if first {
                 false
             } else {
+                let backoff = async {
+                    match retry {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
                     _ = changed.notified() => false,
                     _ = check.tick() => true,
+                    _ = backoff => false,
                 }
             };
             first = false;
@@ -66,23 +75,36 @@ where
             let mut p = proxier.take().expect("the proxier is home between passes");
             let back = tokio::task::spawn_blocking(move || {
                 let desired = crate::model::desired(svcs.iter().map(|s| s.as_ref()), sls.iter().map(|s| s.as_ref()));
-                match p.sync(&desired) {
-                    Ok(s) if s.program_bytes > 0 => tracing::info!(full = s.full, changed = s.changed, bytes = s.program_bytes, ms = s.elapsed.as_millis() as u64, "nft synced"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "nft sync failed"),
-                }
-                if is_check {
+                let mut ok = match p.sync(&desired) {
+                    Ok(s) => {
+                        if s.program_bytes > 0 {
+                            tracing::info!(full = s.full, changed = s.changed, bytes = s.program_bytes, ms = s.elapsed.as_millis() as u64, "nft synced");
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "nft sync failed");
+                        false
+                    }
+                };
+                if is_check && ok {
                     match p.check() {
                         Ok(r) if !r.clean() => tracing::warn!(?r, "nft table repaired"),
                         Ok(_) => {}
-                        Err(e) => tracing::error!(error = %e, "nft check failed"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "nft check failed");
+                            ok = false;
+                        }
                     }
                 }
-                p
+                (p, ok)
             })
             .await;
             match back {
-                Ok(p) => proxier = Some(p),
+                Ok((p, ok)) => {
+                    proxier = Some(p);
+                    retry = if ok { None } else { Some(retry.map_or(Duration::from_secs(1), |d| (d * 2).min(Duration::from_secs(30)))) };
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "proxy pass panicked");
                     return;

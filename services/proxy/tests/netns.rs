@@ -337,6 +337,11 @@ fn consistency_check_repairs_what_someone_else_changed() {
     assert!(p.check().unwrap().clean());
 }
 
+/// The ClusterIP of service `i` of many.
+fn vip(i: usize) -> String {
+    format!("10.96.{}.{}", 100 + i / 250, 1 + i % 250)
+}
+
 #[test]
 fn ten_thousand_services_and_one_change_leaves_the_rest_alone() {
     let Some(mut net) = Net::new("f") else { return };
@@ -348,7 +353,7 @@ fn ten_thousand_services_and_one_change_leaves_the_rest_alone() {
     let mut slices = vec![];
     for i in 0..n {
         let name = format!("s{i}");
-        services.push(service(&name, &format!("10.96.{}.{}", 100 + i / 250, 1 + i % 250), json!({})));
+        services.push(service(&name, &vip(i), json!({})));
         slices.push(slice(&name, &[(backends[i % 3], true), (backends[(i + 1) % 3], true)]));
     }
     let t = Instant::now();
@@ -357,7 +362,7 @@ fn ten_thousand_services_and_one_change_leaves_the_rest_alone() {
     assert!(s.full);
     let mut nft = net.nft();
     assert_eq!(nft.map_elements("kapp", "service-ips-v4").unwrap().len(), n);
-    let probe = format!("10.96.{}.{}:80", 100 + 5000 / 250, 1 + 5000 % 250);
+    let probe = format!("{}:80", vip(5000));
     let before = count_by_backend(&net.connect("c", &probe, 20));
     assert_eq!(before.values().sum::<usize>(), 20, "{before:?}");
 
@@ -374,7 +379,7 @@ fn ten_thousand_services_and_one_change_leaves_the_rest_alone() {
     // keep two of each plus the numgen choice.
     assert_eq!(nft.rule_count("kapp", "svc4-default/s7/tcp/http").unwrap(), 3);
     assert_eq!(nft.rule_count("kapp", "svc4-default/s8/tcp/http").unwrap(), 5, "others untouched");
-    let vip7 = format!("10.96.{}.{}:80", 100 + 7 / 250, 1 + 7 % 250);
+    let vip7 = format!("{}:80", vip(7));
     let only = count_by_backend(&net.connect("c", &vip7, 10));
     assert_eq!(only.len(), 1, "{only:?}");
     let after = count_by_backend(&net.connect("c", &probe, 20));
