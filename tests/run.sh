@@ -7,6 +7,8 @@ tests/install-deps.sh
 # One shared target dir outside the clone, so repeated runs (and CI) reuse RocksDB's C++.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/kapp/target}"
 mkdir -p "$CARGO_TARGET_DIR"
+# A one-shot build gains nothing from incremental data, and it grows by gigabytes a run.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Always the same package selection and profile: a different one re-unifies features and
 # silently rebuilds RocksDB.
 cargo build --workspace --tests --bins

@@ -228,6 +228,9 @@ struct DnsArgs {
     /// Entries in the forwarding cache.
     #[arg(long, default_value_t = 4096)]
     cache_size: u64,
+}
+
+#[derive(clap::Args)]
 struct KubeletArgs {
     /// This node's name (its identity's CN is `system:node:<name>`).
     #[arg(long)]
