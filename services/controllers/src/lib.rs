@@ -9,11 +9,12 @@
 //! worker at a time; the reconcile reads the cache, decides, and writes through the
 //! apiserver; failures come back with backoff; a periodic resync catches anything missed.
 
-pub mod cache;
 mod controllers;
 pub mod events;
 pub mod pods;
 pub mod queue;
+
+pub use kapp_runtime::cache;
 mod scheduling;
 
 use std::time::Duration;

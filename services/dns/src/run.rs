@@ -19,11 +19,11 @@ pub async fn run(client: kube::Client, mut zones: Zones, debounce: Duration, shu
     let (slices, t2) = kapp_runtime::follow::follow::<EndpointSlice>(client.clone(), changed.clone());
     let (pods, t3) = kapp_runtime::follow::follow::<Pod>(client, changed.clone());
     let work = async {
-        if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
-            return;
-        }
+        services.synced().await;
+        slices.synced().await;
+        pods.synced().await;
         loop {
-            let (s, e, p) = (services.state(), slices.state(), pods.state());
+            let (s, e, p) = (services.list(), slices.list(), pods.list());
             let desired = crate::records::records(zones.config(), s.iter().map(|x| x.as_ref()), e.iter().map(|x| x.as_ref()), p.iter().map(|x| x.as_ref()));
             let stats = zones.apply(&desired).await;
             if stats.sets_changed > 0 {

@@ -41,9 +41,8 @@ where
     let (slices, t2) = kapp_runtime::follow::follow::<EndpointSlice>(client, changed.clone());
     let mut proxier = Some(proxier);
     let work = async {
-        if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
-            return;
-        }
+        services.synced().await;
+        slices.synced().await;
         let mut check = tokio::time::interval(pacing.check_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
@@ -70,8 +69,8 @@ where
             if !is_check {
                 tokio::time::sleep(pacing.debounce).await;
             }
-            let svcs = services.state();
-            let sls = slices.state();
+            let svcs = services.list();
+            let sls = slices.list();
             let mut p = proxier.take().expect("the proxier is home between passes");
             let back = tokio::task::spawn_blocking(move || {
                 let desired = crate::model::desired(svcs.iter().map(|s| s.as_ref()), sls.iter().map(|s| s.as_ref()));

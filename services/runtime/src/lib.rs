@@ -2,13 +2,15 @@
 //!
 //! - [`kubeconfig`] / [`client`]: a kubeconfig for a kapp identity (its certificate from the
 //!   cluster CA) and a kube-rs client built from it — the same file kubectl reads.
-//! - [`follow`]: a kind followed into a reflector cache that wakes one `Notify` per
-//!   burst of changes (proxy, dns).
+//! - [`cache`]: informers — a kind watched into a local cache with an owner index, an
+//!   optional index of the caller's, and change hooks (controllers, scheduler);
+//!   [`follow`]: such a cache that wakes one `Notify` per burst of changes (proxy, dns).
 //! - [`lease`]: leader election through a `coordination.k8s.io/v1` Lease, so exactly one
 //!   instance of gitops, the scheduler and the controllers acts at a time.
 //!
 //! No component may know another's internals; they meet only through the apiserver.
 
+pub mod cache;
 pub mod follow;
 pub mod lease;
 

@@ -12,8 +12,9 @@ use kube::api::{Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{delete_exact, parts, propagation, Ctx};
+use super::{delete_exact, propagation, Ctx};
 use crate::pods::{controller_ref, now_unix};
+use crate::cache::split_key;
 use crate::queue::Next;
 use crate::Error;
 
@@ -120,7 +121,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
     if cj.metadata.deletion_timestamp.is_some() {
         return Ok(Next::Done);
     }
-    let (ns, name) = parts(key);
+    let (ns, name) = split_key(key);
     let spec = cj.spec.clone().unwrap_or_default();
     let schedule = match Schedule::parse(&spec.schedule) {
         Ok(s) => s,

@@ -11,8 +11,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{deployment::resolve, parts, requeue, Ctx};
+use super::{deployment::resolve, requeue, Ctx};
 use crate::pods::{controller_ref, from_template, is_active, is_available, is_ready, now_unix, template_hash};
+use crate::cache::split_key;
 use crate::queue::Next;
 use crate::Error;
 
@@ -43,7 +44,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Next::Done);
     }
-    let (ns, name) = parts(key);
+    let (ns, name) = split_key(key);
     let spec = ds.spec.clone().unwrap_or_default();
     let template = with_daemon_tolerations(&spec.template);
     let hash = template_hash(&spec.template);

@@ -11,8 +11,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
-use super::{delete_exact, parts, Ctx};
+use super::{delete_exact, Ctx};
 use crate::pods::{controller_ref, is_ready, phase};
+use crate::cache::split_key;
 use crate::queue::Next;
 use crate::Error;
 
@@ -103,7 +104,7 @@ fn slice(svc: &Service, name: String, endpoints: Vec<Endpoint>, ports: Vec<Endpo
 }
 
 pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
-    let (ns, name) = parts(key);
+    let (ns, name) = split_key(key);
     let api: Api<EndpointSlice> = ctx.api(ns);
     let mine = |s: &EndpointSlice| s.labels().get(SERVICE_LABEL).map(String::as_str) == Some(name) && s.labels().get(MANAGED_BY).map(String::as_str) == Some(MANAGER);
     let existing: Vec<_> = ctx.slices.list_namespace(ns).into_iter().filter(|s| mine(s)).collect();

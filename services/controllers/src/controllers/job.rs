@@ -10,8 +10,9 @@ use kube::api::{Patch, PatchParams, PropagationPolicy};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{delete_exact, parts, propagation, requeue, Ctx};
+use super::{delete_exact, propagation, requeue, Ctx};
 use crate::pods::{controller_ref, from_template, is_active, is_ready, now_unix, phase};
+use crate::cache::split_key;
 use crate::queue::Next;
 use crate::Error;
 
@@ -28,7 +29,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
     if job.metadata.deletion_timestamp.is_some() {
         return Ok(Next::Done);
     }
-    let (ns, name) = parts(key);
+    let (ns, name) = split_key(key);
     let api: Api<Job> = ctx.api(ns);
     let now = now_unix();
     let spec = job.spec.clone().unwrap_or_default();

@@ -25,7 +25,7 @@ use kube::api::{DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::cache::{key_of, split_key, Cache};
+use crate::cache::{key_of, Cache};
 use crate::events::Recorder;
 use crate::queue::{work, Next, Queue};
 use crate::{Config, Error};
@@ -158,6 +158,11 @@ impl Ctx {
     }
 }
 
+/// The pods cache's index: the node a pod is bound to.
+fn node_of(p: &Pod) -> Option<String> {
+    p.spec.as_ref()?.node_name.clone().filter(|n| !n.is_empty())
+}
+
 /// Enqueue the controlling owner of `obj` if it is of kind `kind`.
 fn enqueue_owner<K: Resource>(obj: Option<&K>, kind: &str, q: &Queue) {
     let Some(obj) = obj else { return };
@@ -212,7 +217,7 @@ async fn run_all(client: kube::Client, cfg: Config) {
         events: Recorder::new(client.clone(), "kapp-controllers"),
         client,
         cfg,
-        pods: Cache::new(),
+        pods: Cache::with_index(node_of),
         nodes: Cache::new(),
         leases: Cache::new(),
         namespaces: Cache::new(),
@@ -426,11 +431,6 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Split a `ns/name` key (re-exported for the controllers).
-pub(crate) fn parts(key: &str) -> (&str, &str) {
-    split_key(key)
 }
 
 pub(crate) fn requeue(d: Duration) -> Result<Next, Error> {

@@ -55,9 +55,7 @@ fn tolerance(pod: &Pod, taint_key: &str, default: Duration) -> Option<Duration> 
 }
 
 pub(crate) async fn reconcile(ctx: &Ctx, name: &str) -> Result<Next, Error> {
-    let pods_on = || -> Vec<std::sync::Arc<Pod>> {
-        ctx.pods.list().into_iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name)).collect()
-    };
+    let pods_on = || ctx.pods.indexed(name);
     let Some(node) = ctx.nodes.get(name) else {
         ctx.node_state.0.lock().expect("monitor lock").remove(name);
         // Pod GC: nothing can run these any more.

@@ -13,8 +13,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{parts, Ctx};
+use super::{Ctx};
 use crate::pods::{controller_ref, from_template, is_available, is_ready, now_unix, phase, template_hash};
+use crate::cache::split_key;
 use crate::queue::Next;
 use crate::Error;
 
@@ -34,7 +35,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
     if sts.metadata.deletion_timestamp.is_some() {
         return Ok(Next::Done);
     }
-    let (ns, name) = parts(key);
+    let (ns, name) = split_key(key);
     let spec = sts.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
