@@ -4,6 +4,7 @@
 //! progressDeadlineSeconds and the Available/Progressing conditions as Kubernetes has them.
 //! Rollback is a revert in git: the old template comes back and its ReplicaSet with it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
@@ -13,8 +14,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{delete_exact, parts, requeue, Ctx};
+use super::{delete_exact, requeue, Ctx};
 use crate::pods::{controller_ref, is_active, is_available, now_unix, template_hash};
+use crate::cache::split_key;
 use crate::queue::Next;
 use crate::Error;
 
@@ -44,7 +46,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Next::Done);
     }
-    let (ns, name) = parts(key);
+    let (ns, name) = split_key(key);
     let spec = d.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
@@ -56,13 +58,13 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
     let old: Vec<Arc<ReplicaSet>> = all.iter().filter(|r| r.labels().get(HASH_LABEL) != Some(&hash)).cloned().collect();
     let rs_api: Api<ReplicaSet> = ctx.api(ns);
     let now = now_unix();
-    let available_of = |rs: &ReplicaSet| -> i32 {
-        let pods = ctx.pods.owned_by(&rs.uid().unwrap_or_default());
-        let avail = pods.iter().filter(|p| is_available(p, min_ready, now)).count() as i32;
-        avail.min(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0))
-    };
-    let active_of = |rs: &ReplicaSet| -> i32 { ctx.pods.owned_by(&rs.uid().unwrap_or_default()).iter().filter(|p| is_active(p)).count() as i32 };
+    // The pods of every ReplicaSet, counted once for this pass.
+    let counts: HashMap<String, PodCounts> = all.iter().map(|r| (r.uid().unwrap_or_default(), PodCounts::of(ctx, r, min_ready, now))).collect();
+    let count = |rs: &ReplicaSet| counts.get(&rs.uid().unwrap_or_default()).copied().unwrap_or_default();
     let spec_of = |rs: &ReplicaSet| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    // Available pods an old ReplicaSet keeps: pods above its size are about to go.
+    let available_of = |rs: &ReplicaSet| -> i32 { count(rs).available.min(spec_of(rs)) };
+    let active_of = |rs: &ReplicaSet| -> i32 { count(rs).active };
     let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
     let ru = spec.strategy.as_ref().and_then(|s| s.rolling_update.clone()).unwrap_or_default();
     let surge = if recreate { 0 } else { resolve(ru.max_surge.as_ref(), replicas, true, "25%") };
@@ -121,17 +123,21 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
             // Scale up the new ReplicaSet within maxSurge.
             let total: i32 = all.iter().filter(|r| r.uid() != new_rs.uid()).map(|r| spec_of(r)).sum::<i32>() + spec_of(&new_rs);
             let cur = spec_of(&new_rs);
+            // The new ReplicaSet's size after this step, which the scale-down counts with.
+            let mut new_spec = cur;
             if cur > replicas {
                 scale(new_rs.clone(), replicas).await?;
+                new_spec = replicas;
             } else if cur < replicas && total < replicas + surge {
                 let to = (cur + replicas + surge - total).min(replicas);
                 scale(new_rs.clone(), to).await?;
                 ctx.events.record(d.as_ref(), false, "ScalingReplicaSet", format!("Scaled up replica set {} to {to}", new_rs.name_any()));
+                new_spec = to;
             }
             // Scale down old ReplicaSets, never below replicas - maxUnavailable available.
             let min_available = replicas - unavailable;
-            let new_spec = spec_of(&new_rs).max(cur);
-            let new_unavailable = new_spec - available_of(&new_rs);
+            let new_available = count(&new_rs).available.min(new_spec);
+            let new_unavailable = new_spec - new_available;
             let old_specs: i32 = old.iter().map(|r| spec_of(r)).sum();
             // First the old pods that are not available anyway.
             let mut cleanup = (new_spec + old_specs - min_available - new_unavailable).max(0);
@@ -144,7 +150,7 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
                 *s -= unhealthy;
                 cleanup -= unhealthy;
             }
-            let available: i32 = reduced.iter().map(|(r, s)| available_of(r).min(*s)).sum::<i32>() + available_of(&new_rs);
+            let available: i32 = reduced.iter().map(|(r, s)| available_of(r).min(*s)).sum::<i32>() + new_available;
             let mut down = (available - min_available).max(0);
             for (_, s) in reduced.iter_mut() {
                 let by = (*s).min(down);
@@ -168,14 +174,12 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
         }
     }
 
-    // Status.
-    let all: Vec<Arc<ReplicaSet>> = ctx.replicasets.owned_by(&d.uid().unwrap_or_default());
+    // Status, from the same counts (a ReplicaSet created in this pass has no pods yet).
     let cur = all.iter().find(|r| r.labels().get(HASH_LABEL) == Some(&hash));
-    let pods_of = |r: &ReplicaSet| ctx.pods.owned_by(&r.uid().unwrap_or_default());
-    let total: i32 = all.iter().map(|r| pods_of(r).iter().filter(|p| is_active(p)).count() as i32).sum();
-    let ready: i32 = all.iter().map(|r| pods_of(r).iter().filter(|p| is_active(p) && crate::pods::is_ready(p)).count() as i32).sum();
-    let available: i32 = all.iter().map(|r| pods_of(r).iter().filter(|p| is_available(p, min_ready, now)).count() as i32).sum();
-    let updated: i32 = cur.map(|r| pods_of(r).iter().filter(|p| is_active(p)).count() as i32).unwrap_or(0);
+    let total: i32 = counts.values().map(|c| c.active).sum();
+    let ready: i32 = counts.values().map(|c| c.ready).sum();
+    let available: i32 = counts.values().map(|c| c.available).sum();
+    let updated: i32 = cur.map(|r| count(r).active).unwrap_or(0);
     let old_status = d.status.clone().unwrap_or_default();
     let complete = updated == replicas && available >= replicas && total == replicas;
     let progressed = old_status.updated_replicas != Some(updated) || old_status.available_replicas != Some(available) || old_status.replicas != Some(total);
@@ -244,6 +248,28 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
         return requeue(std::time::Duration::from_secs(if min_ready > 0 { 1 } else { 5 }));
     }
     Ok(Next::Done)
+}
+
+/// What a ReplicaSet's pods are, counted once per pass.
+#[derive(Debug, Clone, Copy, Default)]
+struct PodCounts {
+    active: i32,
+    ready: i32,
+    available: i32,
+}
+
+impl PodCounts {
+    fn of(ctx: &Ctx, rs: &ReplicaSet, min_ready: i32, now: i64) -> PodCounts {
+        let mut c = PodCounts::default();
+        for p in ctx.pods.owned_by(&rs.uid().unwrap_or_default()) {
+            if is_active(&p) {
+                c.active += 1;
+                c.ready += i32::from(crate::pods::is_ready(&p));
+            }
+            c.available += i32::from(is_available(&p, min_ready, now));
+        }
+        c
+    }
 }
 
 fn new_replicaset(d: &Deployment, hash: &str, replicas: i32, revision: i64) -> ReplicaSet {

@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use super::{parts, requeue, Ctx};
+use super::{requeue, Ctx};
 use crate::pods::{controller_ref, deletion_order, from_template, is_active, is_available, is_ready, now_unix};
+use crate::cache::split_key;
 use crate::queue::Next;
 use crate::Error;
 
@@ -18,11 +19,11 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Next::Done);
     }
-    let (ns, _) = parts(key);
+    let (ns, _) = split_key(key);
     let uid = rs.uid().unwrap_or_default();
     let owned: Vec<Arc<Pod>> = ctx.pods.owned_by(&uid);
     let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
-    let mut active: Vec<Arc<Pod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
+    let active: Vec<Arc<Pod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
     if ctx.expect.satisfied(key, &ctx.pods) {
         if active.len() < want {
             let Some(template) = rs.spec.as_ref().and_then(|s| s.template.as_ref()) else {
@@ -37,8 +38,9 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
             }
             made?;
         } else if active.len() > want {
-            active.sort_by(|a, b| deletion_order(a, b));
-            let doomed: Vec<Arc<Pod>> = active.iter().take((active.len() - want).min(ctx.cfg.burst)).cloned().collect();
+            let mut by_order = active.clone();
+            by_order.sort_by(|a, b| deletion_order(a, b));
+            let doomed: Vec<Arc<Pod>> = by_order.into_iter().take((active.len() - want).min(ctx.cfg.burst)).collect();
             ctx.delete_pods(key, &doomed).await?;
             let names: Vec<String> = doomed.iter().map(|p| p.name_any()).collect();
             ctx.events.record(rs.as_ref(), false, "SuccessfulDelete", format!("Deleted pod(s): {}", names.join(", ")));
@@ -47,7 +49,6 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &str) -> Result<Next, Error> {
     // Status from the cache as it is now.
     let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
     let now = now_unix();
-    let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).collect();
     let status = ReplicaSetStatus {
         replicas: active.len() as i32,
         fully_labeled_replicas: Some(active.len() as i32),
