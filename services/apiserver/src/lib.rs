@@ -811,8 +811,9 @@ fn next_generation(stored: &Value, new: &mut Value) {
     }
 }
 
-/// For kinds with a status subresource, the main resource never changes status and the
-/// status subresource changes nothing else.
+/// A write of the main resource (update, patch, Apply): `metadata.generation` follows the
+/// desired state, and for kinds with a status subresource the status stays as stored (the
+/// status subresource changes nothing else).
 fn keep_status(res: &Resource, stored: &Value, mut new: Value) -> Value {
     next_generation(stored, &mut new);
     if res.has(kapp_api::Subresource::Status) {

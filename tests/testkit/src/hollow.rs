@@ -114,10 +114,10 @@ async fn heartbeat(client: kube::Client, name: String, every: Duration, mut paus
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "kube-node-lease"},
                            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
-        let res = match leases.get_opt(&name).await {
-            Ok(Some(_)) => leases.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"renewTime": now}}))).await.map(|_| ()),
-            Ok(None) => leases.create(&PostParams::default(), &serde_json::from_value(lease).expect("a lease")).await.map(|_| ()),
-            Err(e) => Err(e),
+        // Renew; the first beat (or one after the Lease was deleted) creates it.
+        let res = match leases.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"renewTime": now}}))).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => leases.create(&PostParams::default(), &serde_json::from_value(lease).expect("a lease")).await.map(|_| ()),
+            other => other.map(|_| ()),
         };
         if let Err(e) = res {
             eprintln!("hollow node {name}: lease: {e}");
