@@ -88,3 +88,11 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// Write the identity's PEM files into `dir`; the `--ca/--cert/--key` arguments naming them.
+pub fn write_identity(dir: &Path, pem: &kapp_tls::Pem) -> Vec<String> {
+    for (f, body) in [("ca.pem", &pem.ca), ("cert.pem", &pem.cert), ("key.pem", &pem.key)] {
+        std::fs::write(dir.join(f), body).expect("write an identity file");
+    }
+    ["ca", "cert", "key"].iter().flat_map(|k| [format!("--{k}"), dir.join(format!("{k}.pem")).display().to_string()]).collect()
+}

@@ -3,7 +3,6 @@
 //! node's nftables table (in a network namespace the test creates), and follow changes.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::Resolver;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kapp_e2e::{free_ports, Proc};
+use kapp_e2e::{free_ports, write_identity, Proc};
 use kapp_testkit::{groups, ControlPlane};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -28,13 +27,6 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
-}
-
-fn write_identity(dir: &Path, pem: &kapp_tls::Pem) -> Vec<String> {
-    for (f, body) in [("ca.pem", &pem.ca), ("cert.pem", &pem.cert), ("key.pem", &pem.key)] {
-        std::fs::write(dir.join(f), body).unwrap();
-    }
-    ["ca", "cert", "key"].iter().flat_map(|k| [format!("--{k}"), dir.join(format!("{k}.pem")).display().to_string()]).collect()
 }
 
 fn resolver(at: SocketAddr) -> Resolver<TokioRuntimeProvider> {
