@@ -83,7 +83,22 @@ async fn a_kube_rs_watcher_resumes_across_an_apiserver_restart() {
     assert_eq!(first.metadata.name.as_deref(), Some("before"));
 
     cp.restart_api().await;
-    cms.create(&PostParams::default(), &cm("after", "1")).await.unwrap();
+    // The client's pooled connection died with the old server; a request that caught it
+    // before the client noticed fails in transport (as for any client) and is sent again.
+    let mut attempts = 0;
+    loop {
+        match cms.create(&PostParams::default(), &cm("after", "1")).await {
+            Ok(_) => break,
+            // The lost attempt may have reached the new server after all.
+            Err(kube::Error::Api(e)) if attempts > 0 && e.code == 409 => break,
+            Err(kube::Error::Service(e)) if attempts < 3 => {
+                attempts += 1;
+                eprintln!("create after the restart: {e}; again");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("create after the restart: {e}"),
+        }
+    }
     loop {
         match within("the object made after the restart", seen.next()).await {
             Some(Ok(o)) if o.metadata.name.as_deref() == Some("after") => break,
