@@ -1,0 +1,1 @@
+//! `kapp up` / `kapp down`.
