@@ -67,6 +67,23 @@ pub fn gen_pki(out: &Path, cluster: &str, hosts: &[&str]) -> Result<(), GenError
     write_private(&ca_key, ca.key_pem().as_bytes())
 }
 
+/// Issue one more identity from the CA in `pki` (written there by [`gen_pki`]): `<name>.pem`
+/// and `<name>.key`, common name `cn`, organisations (groups) `orgs`, server names `sans`.
+/// Refuses to overwrite an existing key.
+pub fn gen_identity(pki: &Path, name: &str, cn: &str, orgs: &[&str], sans: &[&str]) -> Result<(), GenError> {
+    let read = |f: &str| {
+        let path = pki.join(f);
+        std::fs::read_to_string(&path).map_err(|source| GenError::Io { path, source })
+    };
+    let key = pki.join(format!("{name}.key"));
+    if key.exists() {
+        return Err(GenError::Exists { path: key });
+    }
+    let ca = Ca::from_pem(&read(files::CA_CERT)?, &read(files::CA_KEY)?)?;
+    ca.issue(cn, orgs, sans)?.write_files(&pki.join(files::CA_CERT), &pki.join(format!("{name}.pem")), &key)?;
+    Ok(())
+}
+
 /// Write a secret readable by its owner only.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), GenError> {
     use std::io::Write;
@@ -100,5 +117,12 @@ mod tests {
         let err = gen_pki(dir.path(), "t", &["127.0.0.1"]).unwrap_err();
         assert!(matches!(err, GenError::Exists { .. }), "{err}");
         assert!(matches!(gen_pki(&dir.path().join("x"), "t", &[]).unwrap_err(), GenError::NoHosts));
+        // A further identity from the same CA, once.
+        gen_identity(dir.path(), "node", "system:node:n1", &[groups::NODES], &[]).unwrap();
+        let node = kapp_tls::Pem::load(&dir.path().join(files::CA_CERT), &dir.path().join("node.pem"), &dir.path().join("node.key")).unwrap();
+        let der = rustls_pemfile::certs(&mut node.cert.as_bytes()).next().unwrap().unwrap();
+        let id = kapp_tls::identity_from_der(&der).unwrap();
+        assert_eq!((id.common_name.as_str(), id.organizations.as_slice()), ("system:node:n1", [groups::NODES.to_string()].as_slice()));
+        assert!(matches!(gen_identity(dir.path(), "node", "x", &[], &[]).unwrap_err(), GenError::Exists { .. }));
     }
 }
