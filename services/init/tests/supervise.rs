@@ -114,11 +114,13 @@ async fn a_crashing_service_is_restarted_with_growing_backoff() {
             assert_eq!(last_exit, "exit code 3");
             delays.insert(*restarts, retry_in.as_millis());
         }
-        delays.contains_key(&5)
+        delays.keys().any(|&r| r >= 5)
     })
     .await;
-    // Doubling from backoff_min, capped at backoff_max; every restart was seen.
-    assert_eq!(delays.into_iter().collect::<Vec<_>>(), [(1, 100), (2, 200), (3, 400), (4, 500), (5, 500)]);
+    // Doubling from backoff_min, capped at backoff_max (a state a busy machine let pass
+    // unseen is simply missing here).
+    let expected = |restarts: u32| (100u128 << (restarts - 1).min(10)).min(500);
+    assert!(delays.len() >= 3 && delays.iter().all(|(&r, &d)| d == expected(r)), "{delays:?}");
     // Each run really waited its delay: the gaps between runs are at least the backoff.
     let started: Vec<u128> = read_lines(&runs).iter().map(|l| l.parse().unwrap()).collect();
     assert!(started.len() >= 5, "{started:?}");
@@ -444,6 +446,12 @@ async fn invalid_specs_are_refused_naming_the_service() {
         matches!(&e, SuperviseError::DependencyCycle { service, cycle } if service == "self" && cycle.len() == 2),
         "{e}"
     );
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let policy = Policy { log_dir: Some(file.path().to_path_buf()), ..Policy::default() };
+    let e = Supervisor::start(vec![spec("store", &[])], policy).err().expect("a file as log directory");
+    assert!(matches!(&e, SuperviseError::LogFile { service, .. } if service == "store"), "{e}");
+    assert!(e.to_string().contains(&file.path().display().to_string()), "{e}");
 
     for bad in ["", "Store", "kube_proxy", "a b"] {
         let e = refuse(vec![spec(bad, &[])]);
