@@ -200,7 +200,7 @@ impl Manager {
                 self.launch(i).await;
             }
         }
-        // Dependents first: stopping one can free its dependencies in this same pass.
+        // A running service gets SIGTERM once every service depending on it has stopped.
         if self.stopping {
             for i in self.graph.order.clone().into_iter().rev() {
                 self.stop_if_free(i, now);
