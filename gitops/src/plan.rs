@@ -143,11 +143,21 @@ fn entries<'a>(m: &'a Value, k: &str) -> impl Iterator<Item = (&'a String, &'a V
     m.get(k).and_then(Value::as_object).into_iter().flatten().filter(|(k, _)| *k != COMMIT_ANNOTATION)
 }
 
+/// An annotation Kubernetes' own components write on objects they manage (its prefix's
+/// domain is `kubernetes.io` or `k8s.io` or below, like `deployment.kubernetes.io/revision`),
+/// which git need not hold. Pure.
+pub fn written_by_the_system(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(domain, _)| ["kubernetes.io", "k8s.io"].iter().any(|d| domain == *d || domain.ends_with(&format!(".{d}"))))
+}
+
 fn metadata_in_sync(live: &Value, want: &Value) -> bool {
-    // Order-independent: serde_json maps may keep insertion order.
-    let exact = |k: &str| entries(live, k).count() == entries(want, k).count() && entries(want, k).all(|(name, v)| live[k].get(name) == Some(v));
+    // Order-independent: serde_json maps may keep insertion order. Labels match exactly;
+    // annotations too, except those the system adds that git does not mention.
+    let wanted = |k: &str| entries(want, k).all(|(name, v)| live[k].get(name) == Some(v));
+    let labels = entries(live, "labels").count() == entries(want, "labels").count() && wanted("labels");
+    let annotations = wanted("annotations") && entries(live, "annotations").all(|(name, _)| want["annotations"].get(name).is_some() || written_by_the_system(name));
     let rest = want.as_object().is_none_or(|w| w.iter().filter(|(k, _)| *k != "labels" && *k != "annotations").all(|(k, wv)| live.get(k).map_or_else(|| says_nothing(wv), |lv| contains(lv, wv))));
-    exact("labels") && exact("annotations") && rest
+    labels && annotations && rest
 }
 
 /// What one apply must do.
@@ -290,6 +300,21 @@ mod tests {
         assert_eq!(p.items[1]["resourceVersion"], "8");
         assert_eq!(p.items[2]["delete"]["name"], "gone");
         assert_eq!(p.items[2]["resourceVersion"], "9");
+    }
+
+    #[test]
+    fn annotations_the_system_adds_are_not_drift_but_any_other_extra_one_is() {
+        let d = prepare(vec![doc("a.yaml", 0, cm("a", "1"))], "cluster").unwrap();
+        let mut live = live_of(&d[0], "7", "c");
+        live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
+        assert!(in_sync(d[0].res, &live, &d[0].object), "the deployment controller's revision is not drift");
+        live["metadata"]["annotations"]["team.example.com/owner"] = json!("someone");
+        assert!(!in_sync(d[0].res, &live, &d[0].object), "an annotation added by hand is");
+        live["metadata"]["annotations"].as_object_mut().unwrap().remove("team.example.com/owner");
+        live["metadata"]["labels"]["extra"] = json!("x");
+        assert!(!in_sync(d[0].res, &live, &d[0].object), "labels match exactly");
+        assert!(written_by_the_system("kubernetes.io/change-cause") && written_by_the_system("deprecated.daemonset.template.generation.k8s.io/x"));
+        assert!(!written_by_the_system("app.example.com/x") && !written_by_the_system("nokubernetes.io/x") && !written_by_the_system("plain"));
     }
 
     #[test]
