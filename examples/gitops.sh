@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # kapp's write path end to end on this machine: a store, the apiserver and the gitops
-# reconciler follow a local git repository (a copy of examples/app). It commits a change
-# and a broken manifest, and shows the cluster following the first and refusing the second,
-# read through kubectl with a read-only kubeconfig. Leaves everything running until Ctrl-C
-# (KAPP_DEMO_EXIT=1 exits at the end). Run as root on Debian 12.
+# reconciler follow a local git repository (a copy of examples/app; no kubelet runs, so the
+# objects are stored but no pods start). It commits a change and a broken manifest, and
+# shows the cluster following the first and refusing the second, read through kubectl with
+# a read-only kubeconfig. Leaves everything running until Ctrl-C (KAPP_DEMO_EXIT=1 exits at
+# the end). Run as root on Debian 12.
 source "$(dirname "$0")/setup.sh" /var/tmp/kapp-gitops-demo
 "$kapp" gen pki --out "$state/pki" >/dev/null
 pki="$state/pki"
@@ -15,7 +16,7 @@ repo="$state/repo"
 mkdir -p "$repo" && cp examples/app/*.yaml "$repo/"
 git -C "$repo" init -q -b main
 git -C "$repo" -c user.name=kapp -c user.email=kapp@localhost add -A
-git -C "$repo" -c user.name=kapp -c user.email=kapp@localhost commit -q -m "shop: web with 3 replicas"
+git -C "$repo" -c user.name=kapp -c user.email=kapp@localhost commit -q -m "shop: web (3 replicas), its API token, a smoke test and a heartbeat"
 commit() { git -C "$repo" -c user.name=kapp -c user.email=kapp@localhost commit -q -am "$1"; }
 
 "$kapp" store --id 1 --listen 127.0.0.1:23790 --members 1=127.0.0.1:23790 --data-dir "$state/store" \
@@ -43,7 +44,7 @@ wait_for "the first commit" applied
 echo "== the first commit is live"
 "$kappctl" status || true
 kubectl get gitsync
-kubectl get -n shop deploy,svc,cm
+kubectl get -n shop deploy,svc,cm,secret,job,cronjob
 
 echo "== commit: scale web to 5"
 sed -i 's/replicas: 3/replicas: 5/' "$repo/web.yaml" && commit "shop: scale web to 5"

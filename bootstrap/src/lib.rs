@@ -1,6 +1,9 @@
 //! Offline cluster generation. Today: the cluster CA and the certificates of the store,
 //! the apiserver, gitops and a viewer (`kapp gen pki`); machine configs and node identities
-//! follow with `kapp gen cluster`.
+//! follow with `kapp gen cluster`. [`image`]: container images from the host's Debian
+//! packages as OCI image layouts (`kapp gen image`), for nodes that reach no registry.
+
+pub mod image;
 
 use std::path::{Path, PathBuf};
 

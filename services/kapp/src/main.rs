@@ -69,6 +69,37 @@ enum GenCommand {
         #[command(flatten)]
         tls: TlsArgs,
     },
+    /// A container image from this host's Debian packages, as an OCI image layout (for
+    /// `kapp kubelet --import-dir`).
+    Image {
+        /// The reference the image is known by, e.g. `kapp.local/busybox:1`.
+        #[arg(long = "ref")]
+        reference: String,
+        /// Installed Debian packages to take the files of (repeatable or comma-separated).
+        #[arg(long = "package", value_delimiter = ',')]
+        packages: Vec<String>,
+        /// An extra file, `HOST:IMAGEPATH` (repeatable).
+        #[arg(long = "file", value_parser = kapp_bootstrap::image::parse_file_arg)]
+        files: Vec<(PathBuf, PathBuf)>,
+        /// Link every applet of the image's /bin/busybox as /bin/<applet>.
+        #[arg(long)]
+        busybox_applets: bool,
+        /// Entrypoint, one argument per occurrence.
+        #[arg(long, allow_hyphen_values = true)]
+        entrypoint: Vec<String>,
+        /// Cmd, one argument per occurrence.
+        #[arg(long, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+        /// `NAME=value` (repeatable).
+        #[arg(long)]
+        env: Vec<String>,
+        /// Working directory.
+        #[arg(long)]
+        workdir: Option<String>,
+        /// The layout directory to write (replaced if it holds a layout).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -534,6 +565,12 @@ fn main() -> Result<()> {
             }
             Command::Gen(GenCommand::Kubeconfig { server, cluster, user, tls }) => {
                 print!("{}", kapp_runtime::kubeconfig(&cluster, &server, &user, &tls.load()?));
+                Ok(())
+            }
+            Command::Gen(GenCommand::Image { reference, packages, files, busybox_applets, entrypoint, cmd, env, workdir, out }) => {
+                let spec = kapp_bootstrap::image::ImageSpec { reference, packages, files, busybox_applets, entrypoint, cmd, env, workdir };
+                let built = kapp_bootstrap::image::build_layout(&spec, &out)?;
+                println!("{} {} ({} files, {} bytes compressed) in {}", built.reference, built.manifest_digest, built.files, built.layer_bytes, out.display());
                 Ok(())
             }
         }
