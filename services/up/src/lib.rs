@@ -1,1 +1,420 @@
-//! `kapp up` / `kapp down`.
+//! `kapp up`: the whole stack as one all-in-one node (head and worker) on this host, each
+//! service its own process under kapp-init's supervisor, all state in one directory, the
+//! cluster following a git repository (by default the embedded example, committed into a
+//! local repository the user can edit). `kapp down` removes what it put on the host.
+//!
+//! Order of a start: lock the state directory → cluster material (CA, identities, Secret
+//! key, a read-only kubeconfig) → the example repository and images → the host (forwarding,
+//! the DNS address) → the services, in dependency order → wait until the cluster is healthy
+//! and has applied a commit → print `kappctl status` and each service's memory → supervise
+//! until SIGINT/SIGTERM → ordered stop (the kubelet stops its pods).
+
+pub mod host;
+pub mod layout;
+pub mod plan;
+pub mod repo;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kapp_init::supervise::{Policy, ServiceState, Supervisor};
+use layout::Layout;
+
+/// Why `kapp up` / `kapp down` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{}: {reason}", path.display())]
+    Io { path: PathBuf, reason: String },
+    #[error("`{command}`: {reason}")]
+    Command { command: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("kapp up needs root: it runs containers, network namespaces and nftables")]
+    NotRoot,
+    #[error("another kapp up is running on {0} (stop it with Ctrl-C first)")]
+    Running(PathBuf),
+    #[error(transparent)]
+    Gen(#[from] kapp_bootstrap::GenError),
+    #[error(transparent)]
+    Image(#[from] kapp_bootstrap::image::ImageError),
+    #[error(transparent)]
+    Tls(#[from] kapp_tls::TlsError),
+    #[error(transparent)]
+    Supervise(#[from] kapp_init::supervise::SuperviseError),
+}
+
+/// Everything `kapp up` can be told; [`UpConfig::new`] has the defaults.
+#[derive(Clone, Debug)]
+pub struct UpConfig {
+    pub state_dir: PathBuf,
+    /// The `kapp` binary the services run as.
+    pub exe: PathBuf,
+    /// Repository to follow (None: `<state>/repo`, made from the embedded example).
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    /// Sub-path of the repository to render.
+    pub path: String,
+    pub interval: Duration,
+    pub node_name: String,
+    pub api_port: u16,
+    pub store_port: u16,
+    pub kubelet_port: u16,
+    pub pod_cidr: String,
+    pub cluster_cidr: String,
+    /// The cluster DNS address (on the pod bridge).
+    pub dns_ip: Ipv4Addr,
+    pub bridge: String,
+    pub table: String,
+    /// The kubelet's pod network namespace prefix (what `kapp down` removes).
+    pub netns_prefix: String,
+    /// How long to wait for the cluster before showing its status anyway.
+    pub wait: Duration,
+    /// Copy every service's output to our stderr.
+    pub verbose: bool,
+}
+
+impl UpConfig {
+    pub fn new(state_dir: &Path, exe: PathBuf) -> UpConfig {
+        UpConfig {
+            state_dir: state_dir.to_path_buf(),
+            exe,
+            repo: None,
+            branch: None,
+            path: String::new(),
+            interval: Duration::from_secs(5),
+            node_name: default_node_name(),
+            api_port: 6443,
+            store_port: 2380,
+            kubelet_port: 10250,
+            pod_cidr: "10.244.0.0/24".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            dns_ip: Ipv4Addr::new(10, 96, 0, 10),
+            bridge: "kapp0".into(),
+            table: "kapp".into(),
+            netns_prefix: "kapp-".into(),
+            wait: Duration::from_secs(300),
+            verbose: false,
+        }
+    }
+}
+
+/// The host name if it is a valid node name, else `kapp`.
+fn default_node_name() -> String {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_ascii_lowercase();
+    if kapp_api::validation::is_dns1123_subdomain(&h) {
+        h
+    } else {
+        "kapp".into()
+    }
+}
+
+/// The example image every workload of the example uses.
+pub const EXAMPLE_IMAGE: &str = "kapp.local/busybox:1";
+
+/// Held for as long as `kapp up` runs (an advisory lock on `<state>/lock`).
+struct StateLock {
+    _file: std::fs::File,
+}
+
+fn lock(layout: &Layout) -> Result<StateLock, UpError> {
+    let path = layout.lock();
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| UpError::Io { path: path.clone(), reason: e.to_string() })?;
+    match f.try_lock() {
+        Ok(()) => Ok(StateLock { _file: f }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(UpError::Running(layout.root.clone())),
+        Err(std::fs::TryLockError::Error(e)) => Err(UpError::Io { path, reason: e.to_string() }),
+    }
+}
+
+/// Whether we run as root (the owner of our own /proc entry is our effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn mkdir(p: &Path) -> Result<(), UpError> {
+    std::fs::create_dir_all(p).map_err(|e| UpError::Io { path: p.to_path_buf(), reason: e.to_string() })
+}
+
+/// The cluster's keys and certificates, the Secret key and the viewer's kubeconfig
+/// (each made once).
+fn ensure_material(cfg: &UpConfig, layout: &Layout) -> Result<(), UpError> {
+    use kapp_api::groups;
+    let pki = layout.pki();
+    if !pki.join(kapp_bootstrap::files::CA_KEY).exists() {
+        kapp_bootstrap::gen_pki(&pki, "kapp-up", &["127.0.0.1", "localhost"])?;
+    }
+    let node_cn = format!("system:node:{}", cfg.node_name);
+    for (name, cn, group) in [("scheduler", "scheduler", groups::SCHEDULER), ("controllers", "controllers", groups::CONTROLLERS), ("node", node_cn.as_str(), groups::NODES)] {
+        if !pki.join(format!("{name}.key")).exists() {
+            kapp_bootstrap::gen_identity(&pki, name, cn, &[group], &[])?;
+        }
+    }
+    let key = layout.secret_key();
+    if !key.exists() {
+        let bytes: [u8; 32] = rand::random();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&key, hex.as_bytes())?;
+    }
+    let kubeconfig = kapp_runtime::kubeconfig("kapp-up", &format!("https://127.0.0.1:{}", cfg.api_port), "viewer", &layout.identity("viewer")?);
+    write_private(&layout.viewer_kubeconfig(), kubeconfig.as_bytes())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), UpError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| UpError::Io { path: path.to_path_buf(), reason: e.to_string() };
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(data).map_err(io)
+}
+
+/// The example image, built from the host's Debian package busybox-static (once).
+fn ensure_images(layout: &Layout) -> Result<(), UpError> {
+    let out = layout.images().join("busybox");
+    if out.join("index.json").exists() {
+        return Ok(());
+    }
+    mkdir(&layout.images())?;
+    let spec = kapp_bootstrap::image::ImageSpec {
+        reference: EXAMPLE_IMAGE.into(),
+        packages: vec!["busybox-static".into()],
+        files: vec![],
+        busybox_applets: true,
+        entrypoint: vec![],
+        cmd: vec!["sh".into()],
+        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        workdir: None,
+    };
+    let built = kapp_bootstrap::image::build_layout(&spec, &out)?;
+    say(&format!("built image {} ({}, {} files) from the Debian package busybox-static", built.reference, built.manifest_digest, built.files));
+    Ok(())
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn describe(state: &ServiceState) -> String {
+    match state {
+        ServiceState::Waiting { on } if on.is_empty() => "queued".into(),
+        ServiceState::Waiting { on } => format!("waiting for {}", on.join(", ")),
+        ServiceState::Starting { pid } => format!("starting (pid {pid})"),
+        ServiceState::Ready { pid } => format!("up (pid {pid})"),
+        ServiceState::Backoff { restarts, last_exit, retry_in } => format!("{last_exit}; restart #{} in {:.1}s", restarts + 1, retry_in.as_secs_f64()),
+        ServiceState::Stopping => "stopping".into(),
+        ServiceState::Stopped { last_exit } => format!("stopped{}", last_exit.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()),
+    }
+}
+
+/// Print the services whose state changed since `seen`.
+fn report_services(states: &BTreeMap<String, ServiceState>, seen: &mut BTreeMap<String, ServiceState>, started: Instant) {
+    for (name, st) in states {
+        if seen.get(name) != Some(st) {
+            say(&format!("[{:6.1}s] {name:<12} {}", started.elapsed().as_secs_f64(), describe(st)));
+            seen.insert(name.clone(), st.clone());
+        }
+    }
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Whether the cluster is where `kapp up` calls it ready: healthy, a node Ready, a commit applied.
+fn converged(view: &kappctl::view::ClusterView) -> bool {
+    view.health.verdict == kappctl::view::Verdict::Healthy
+        && !view.nodes.items.is_empty()
+        && view.nodes.items.iter().all(|n| n.healthy)
+        && view.gitops.items.iter().any(|g| g.applied.is_some())
+}
+
+async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, started: Instant, seen: &mut BTreeMap<String, ServiceState>) -> Result<bool, UpError> {
+    let server = format!("https://127.0.0.1:{}", cfg.api_port);
+    let viewer = layout.identity("viewer")?;
+    let mut states = sup.states();
+    let mut last_reasons = String::new();
+    let deadline = started + cfg.wait;
+    let mut client = None;
+    while Instant::now() < deadline {
+        report_services(&states.borrow_and_update(), seen, started);
+        if client.is_none() {
+            client = kappctl::readonly::ReadOnlyClient::connect(&server, &viewer).await.ok();
+        }
+        if let Some(c) = &client {
+            let reasons = match kappctl::gather::gather(c, "kapp-up").await {
+                Ok(raw) => {
+                    let view = kappctl::view::build(&raw);
+                    if converged(&view) {
+                        say(&format!("[{:6.1}s] cluster      ready: kapp up converged in {:.1}s", started.elapsed().as_secs_f64(), started.elapsed().as_secs_f64()));
+                        return Ok(true);
+                    }
+                    let mut r = view.health.reasons.clone();
+                    if view.gitops.items.iter().all(|g| g.applied.is_none()) {
+                        r.push("gitops has applied no commit yet".into());
+                    }
+                    r.join("; ")
+                }
+                Err(e) => format!("apiserver: {e}"),
+            };
+            if reasons != last_reasons {
+                say(&format!("[{:6.1}s] cluster      waiting: {reasons}", started.elapsed().as_secs_f64()));
+                last_reasons = reasons;
+            }
+        }
+        tokio::select! {
+            _ = states.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    Ok(false)
+}
+
+async fn print_status(cfg: &UpConfig, layout: &Layout) -> Result<(), UpError> {
+    let server = format!("https://127.0.0.1:{}", cfg.api_port);
+    let style = kappctl::render::style::Style::stdout();
+    match kappctl::readonly::ReadOnlyClient::connect(&server, &layout.identity("viewer")?).await {
+        Ok(c) => match kappctl::status_once(&c, "kapp-up", kappctl::cli::StatusOutput::Text, style).await {
+            Ok((text, _)) => say(text.trim_end()),
+            Err(e) => say(&format!("kappctl status: {e}")),
+        },
+        Err(e) => say(&format!("kappctl status: {e}")),
+    }
+    Ok(())
+}
+
+fn print_memory(states: &BTreeMap<String, ServiceState>) {
+    let mut parts = Vec::new();
+    let mut head = 0;
+    for (name, st) in states {
+        if let ServiceState::Ready { pid } | ServiceState::Starting { pid } = st {
+            if let Some(b) = rss(*pid) {
+                parts.push(format!("{name} {:.0} MB", b as f64 / 1e6));
+                if ["store", "apiserver", "scheduler", "controllers", "gitops"].contains(&name.as_str()) {
+                    head += b;
+                }
+            }
+        }
+    }
+    say(&format!("memory (RSS): {}; head stack {:.0} MB", parts.join(", "), head as f64 / 1e6));
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Run the node until SIGINT or SIGTERM.
+pub async fn up(cfg: UpConfig) -> Result<(), UpError> {
+    if !is_root() {
+        return Err(UpError::NotRoot);
+    }
+    let started = Instant::now();
+    let layout = Layout::new(&cfg.state_dir);
+    mkdir(&layout.root)?;
+    let _lock = lock(&layout)?;
+    for d in [layout.logs(), layout.gitops(), layout.kubelet(), layout.images()] {
+        mkdir(&d)?;
+    }
+    ensure_material(&cfg, &layout)?;
+    if cfg.repo.is_none() && repo::ensure_example(&layout.repo()).await? {
+        say(&format!("made the example repository {} (edit, commit, and the cluster follows)", layout.repo().display()));
+    }
+    ensure_images(&layout)?;
+    let facts = host::prepare(&cfg, &layout.host_state()).await?;
+    say(&format!(
+        "kapp up: node {} ({}), state in {}, following {}",
+        cfg.node_name,
+        facts.node_ip,
+        layout.root.display(),
+        plan::repo_url(&cfg, &layout)
+    ));
+    let policy = Policy { log_dir: Some(layout.logs()), echo: cfg.verbose, ..Policy::default() };
+    let sup = Supervisor::start(plan::services(&cfg, &layout, &facts), policy)?;
+    let mut seen = BTreeMap::new();
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    let ready = tokio::select! {
+        r = wait_for_cluster(&cfg, &layout, &sup, started, &mut seen) => Some(r?),
+        _ = &mut stop => None,
+    };
+    if let Some(ready) = ready {
+        if !ready {
+            say(&format!("the cluster is not ready after {}s; still running; status:", cfg.wait.as_secs()));
+        }
+        print_status(&cfg, &layout).await?;
+        // Idle: let the first burst of work settle before measuring.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3)) => print_memory(&sup.states().borrow()),
+            _ = &mut stop => {}
+        }
+        print_next_steps(&cfg, &layout);
+        let mut states = sup.states();
+        loop {
+            report_services(&states.borrow_and_update(), &mut seen, started);
+            tokio::select! {
+                _ = states.changed() => {}
+                _ = &mut stop => break,
+            }
+        }
+    }
+    say("kapp up: stopping (pods first, the store last)");
+    sup.shutdown().await;
+    say(&format!("kapp up: stopped. State kept in {}: `kapp up` resumes, `kapp down` removes the bridge and the nftables table.", layout.root.display()));
+    Ok(())
+}
+
+fn print_next_steps(cfg: &UpConfig, layout: &Layout) {
+    let kc = layout.viewer_kubeconfig();
+    // kappctl is built beside kapp; name it by its path when it is not on PATH.
+    let beside = cfg.exe.with_file_name("kappctl");
+    let kappctl = if beside.exists() { beside.display().to_string() } else { "kappctl".into() };
+    let repo = match &cfg.repo {
+        None => format!("cd {} && $EDITOR web.yaml && git commit -am 'scale web'", layout.repo().display()),
+        Some(r) => format!("commit to {r}"),
+    };
+    say(&format!(
+        "\nTry:\n  {repo}     # converges within {}s\n  {kappctl} --kubeconfig {} status --watch\n  kubectl --kubeconfig {} get pods -A -o wide     # read-only\n  logs: {}\nCtrl-C stops everything; the state stays, and kapp up resumes from it.",
+        cfg.interval.as_secs(),
+        kc.display(),
+        kc.display(),
+        layout.logs().display()
+    ));
+}
+
+/// Remove what `kapp up` put on the host (its bridge, pod namespaces,
+/// nftables table, sysctls back); with `purge`, the state directory too.
+pub async fn down(cfg: &UpConfig, purge: bool) -> Result<(), UpError> {
+    if !is_root() {
+        return Err(UpError::NotRoot);
+    }
+    let layout = Layout::new(&cfg.state_dir);
+    let _lock = if layout.root.exists() { Some(lock(&layout)?) } else { None };
+    for d in host::teardown(cfg, &layout.host_state()).await? {
+        say(&format!("removed {d}"));
+    }
+    if purge && layout.root.exists() {
+        // Mounts the kubelet left (an interrupted run) go first, deepest first.
+        let root = layout.root.display().to_string();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&root)).collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            host::run("umount", &["-l", m]).await?;
+        }
+        std::fs::remove_dir_all(&layout.root).map_err(|e| UpError::Io { path: layout.root.clone(), reason: e.to_string() })?;
+        say(&format!("removed {}", layout.root.display()));
+    }
+    Ok(())
+}
