@@ -39,6 +39,97 @@ enum Command {
     /// Generate cluster material offline.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Run the whole stack as one node on this host (as root), following a git repository
+    /// (by default the embedded example, committed into <state-dir>/repo). Ctrl-C stops it;
+    /// running it again resumes.
+    Up(UpArgs),
+    /// Remove what `kapp up` put on the host: its bridge, pod namespaces, nftables table;
+    /// sysctls back as they were.
+    Down(DownArgs),
+}
+
+/// Where `kapp up` keeps its state and what it puts on the host (shared by up and down).
+#[derive(clap::Args)]
+struct UpHostArgs {
+    /// All of the node's state: store, images, pods, logs, keys, the example repository.
+    #[arg(long, default_value = "/var/lib/kapp-up")]
+    state_dir: PathBuf,
+    /// The pod bridge (it also carries the cluster DNS address).
+    #[arg(long, default_value = "kapp0")]
+    bridge: String,
+    /// The Service proxy's nftables table (family inet).
+    #[arg(long, default_value = "kapp")]
+    table: String,
+    /// Prefix of the pods' network namespace names.
+    #[arg(long, default_value = "kapp-")]
+    netns_prefix: String,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    host: UpHostArgs,
+    /// Repository to follow (file://, https://, git://); default: <state-dir>/repo, made
+    /// from the example.
+    #[arg(long)]
+    repo: Option<String>,
+    /// Branch to follow (default: the repository's HEAD).
+    #[arg(long)]
+    branch: Option<String>,
+    /// Sub-path of the repository to render.
+    #[arg(long, default_value = "")]
+    path: String,
+    /// Seconds between polls of the repository.
+    #[arg(long, default_value_t = 5)]
+    interval: u64,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The apiserver's port on 127.0.0.1.
+    #[arg(long, default_value_t = 6443)]
+    api_port: u16,
+    /// The store's port on 127.0.0.1.
+    #[arg(long, default_value_t = 2380)]
+    store_port: u16,
+    /// Seconds to wait for the cluster before showing its status anyway.
+    #[arg(long, default_value_t = 300)]
+    wait: u64,
+    /// Copy every service's output to stderr.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(clap::Args)]
+struct DownArgs {
+    #[command(flatten)]
+    host: UpHostArgs,
+    /// Remove the state directory too (the cluster, its keys, the example repository).
+    #[arg(long)]
+    purge: bool,
+}
+
+fn up_config(h: &UpHostArgs) -> Result<kapp_up::UpConfig> {
+    let mut cfg = kapp_up::UpConfig::new(&h.state_dir, std::env::current_exe().context("find the kapp binary")?);
+    cfg.bridge = h.bridge.clone();
+    cfg.table = h.table.clone();
+    cfg.netns_prefix = h.netns_prefix.clone();
+    Ok(cfg)
+}
+
+async fn run_up(a: UpArgs) -> Result<()> {
+    let mut cfg = up_config(&a.host)?;
+    cfg.repo = a.repo;
+    cfg.branch = a.branch;
+    cfg.path = a.path;
+    cfg.interval = Duration::from_secs(a.interval.max(1));
+    if let Some(n) = a.node_name {
+        cfg.node_name = n;
+    }
+    cfg.api_port = a.api_port;
+    cfg.store_port = a.store_port;
+    cfg.wait = Duration::from_secs(a.wait);
+    cfg.verbose = a.verbose;
+    Ok(kapp_up::up(cfg).await?)
 }
 
 #[derive(Subcommand)]
@@ -293,6 +384,16 @@ struct KubeletArgs {
     /// Import the OCI image layouts in this directory's subdirectories at start.
     #[arg(long)]
     import_dir: Option<PathBuf>,
+    /// The pod bridge (created if missing).
+    #[arg(long, default_value = "kapp0")]
+    bridge: String,
+    /// Prefix of the pods' network namespace names (unique per kubelet on one host).
+    #[arg(long, default_value = "kapp-")]
+    netns_prefix: String,
+    /// On exit, stop this node's pods and remove what they left on the machine (`kapp up`
+    /// does; a node's kubelet leaves them running).
+    #[arg(long)]
+    clean_on_exit: bool,
 }
 
 #[derive(clap::Args)]
@@ -420,9 +521,15 @@ async fn run_kubelet(a: KubeletArgs) -> Result<()> {
     cfg.listen = Some(a.listen);
     cfg.registry.insecure = a.insecure_registries.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
     cfg.import_dir = a.import_dir;
+    cfg.bridge = a.bridge;
+    cfg.netns_prefix = a.netns_prefix;
     let kubelet = kapp_kubelet::Kubelet::start(cfg).await?;
     shutdown_signal().await;
-    kubelet.shutdown().await;
+    if a.clean_on_exit {
+        kubelet.shutdown_and_clean().await;
+    } else {
+        kubelet.shutdown().await;
+    }
     Ok(())
 }
 
@@ -537,14 +644,14 @@ async fn shutdown_signal() {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // `kapp up` talks to a person: its services log to files; it says only what goes wrong.
+    let default_filter = if matches!(cli.command, Command::Up(_)) { "warn,kube_client=off" } else { "info,openraft=warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KAPP_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KAPP_LOG").unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
@@ -557,6 +664,8 @@ fn main() -> Result<()> {
             Command::Proxy(a) => run_proxy(a).await,
             Command::Dns(a) => run_dns(a).await,
             Command::Kubelet(a) => run_kubelet(a).await,
+            Command::Up(a) => run_up(a).await,
+            Command::Down(a) => Ok(kapp_up::down(&up_config(&a.host)?, a.purge).await?),
             Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {
                 let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                 kapp_bootstrap::gen_pki(&out, &cluster, &hosts)?;
