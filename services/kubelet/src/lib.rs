@@ -12,6 +12,7 @@ pub mod image;
 pub mod kubelet;
 pub mod net;
 pub mod runtime;
+mod fork;
 mod server;
 
 pub use kubelet::{Config, Kubelet, KubeletError};

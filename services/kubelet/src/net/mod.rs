@@ -57,7 +57,9 @@ async fn ip(netns: Option<&str>, args: &[&str]) -> Result<String, NetError> {
     let shown = full.join(" ");
     let mut cmd = tokio::process::Command::new("ip");
     cmd.args(&full).kill_on_drop(true).stdin(std::process::Stdio::null());
-    let out = match tokio::time::timeout(IP_TIMEOUT, cmd.output()).await {
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = crate::fork::spawn(&mut cmd).map_err(|e| NetError::Command { args: shown.clone(), reason: e.to_string() })?;
+    let out = match tokio::time::timeout(IP_TIMEOUT, child.wait_with_output()).await {
         Err(_) => return Err(NetError::Command { args: shown, reason: "timed out".into() }),
         Ok(Err(e)) => return Err(NetError::Command { args: shown, reason: e.to_string() }),
         Ok(Ok(o)) => o,

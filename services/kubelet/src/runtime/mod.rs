@@ -163,6 +163,7 @@ impl Runtime {
         }
         let stdin = File::open("/dev/null").map_err(|e| err(e.to_string()))?;
         let _one = self.create.lock().expect("create lock");
+        let _no_spawns = crate::fork::exclusive();
         let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
             .with_root_path(&self.root)
             .map_err(|e| err(e.to_string()))?
