@@ -227,12 +227,19 @@ fn rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Whether the cluster is where `kapp up` calls it ready: healthy, a node Ready, a commit applied.
-fn converged(view: &kappctl::view::ClusterView) -> bool {
+/// Whether the cluster is where `kapp up` calls it ready: healthy, a node Ready, a commit
+/// applied, and every running pod's containers started by this run (`since`, RFC 3339) —
+/// after a restart the store still says Ready about pods the kubelet has yet to start again.
+fn converged(raw: &kappctl::view::Raw, view: &kappctl::view::ClusterView, since: &str) -> bool {
+    let fresh = |pod: &serde_json::Value| {
+        pod["status"]["phase"] != "Running"
+            || pod["status"]["containerStatuses"].as_array().is_some_and(|cs| cs.iter().all(|c| c["state"]["running"]["startedAt"].as_str().is_some_and(|t| t >= since)))
+    };
     view.health.verdict == kappctl::view::Verdict::Healthy
         && !view.nodes.items.is_empty()
         && view.nodes.items.iter().all(|n| n.healthy)
         && view.gitops.items.iter().any(|g| g.applied.is_some())
+        && raw.pods.as_ref().is_some_and(|pods| pods.iter().all(fresh))
 }
 
 async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, started: Instant, seen: &mut BTreeMap<String, ServiceState>) -> Result<bool, UpError> {
@@ -241,6 +248,7 @@ async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, sta
     let mut states = sup.states();
     let mut last_reasons = String::new();
     let deadline = started + cfg.wait;
+    let since = kapp_api::table::now_rfc3339();
     let mut client = None;
     while Instant::now() < deadline {
         report_services(&states.borrow_and_update(), seen, started);
@@ -251,7 +259,7 @@ async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, sta
             let reasons = match kappctl::gather::gather(c, "kapp-up").await {
                 Ok(raw) => {
                     let view = kappctl::view::build(&raw);
-                    if converged(&view) {
+                    if converged(&raw, &view, &since) {
                         say(&format!("[{:6.1}s] cluster      ready: kapp up converged in {:.1}s", started.elapsed().as_secs_f64(), started.elapsed().as_secs_f64()));
                         return Ok(true);
                     }
@@ -355,17 +363,20 @@ pub async fn up(cfg: UpConfig) -> Result<(), UpError> {
         }
         print_status(&cfg, &layout).await?;
         // Idle: let the first burst of work settle before measuring.
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3)) => print_memory(&sup.states().borrow()),
-            _ = &mut stop => {}
-        }
-        print_next_steps(&cfg, &layout);
-        let mut states = sup.states();
-        loop {
-            report_services(&states.borrow_and_update(), &mut seen, started);
-            tokio::select! {
-                _ = states.changed() => {}
-                _ = &mut stop => break,
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3)) => false,
+            _ = &mut stop => true,
+        };
+        if !stopped {
+            print_memory(&sup.states().borrow());
+            print_next_steps(&cfg, &layout);
+            let mut states = sup.states();
+            loop {
+                report_services(&states.borrow_and_update(), &mut seen, started);
+                tokio::select! {
+                    _ = states.changed() => {}
+                    _ = &mut stop => break,
+                }
             }
         }
     }
