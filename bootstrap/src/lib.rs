@@ -87,6 +87,18 @@ pub fn gen_identity(pki: &Path, name: &str, cn: &str, orgs: &[&str], sans: &[&st
     Ok(())
 }
 
+/// Write a new key for sealing Secrets at rest (`kapp apiserver --secret-key-file`): 32
+/// random bytes as 64 hex characters, readable by the owner only. Refuses to overwrite.
+pub fn gen_secret_key(path: &Path) -> Result<(), GenError> {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(|_| GenError::Io { path: path.to_path_buf(), source: std::io::Error::other("no system randomness") })?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, hex.as_bytes()).map_err(|e| match e {
+        GenError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => GenError::Exists { path: path.to_path_buf() },
+        e => e,
+    })
+}
+
 /// Write a secret readable by its owner only.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), GenError> {
     use std::io::Write;
@@ -127,5 +139,14 @@ mod tests {
         let id = kapp_tls::identity_from_der(&der).unwrap();
         assert_eq!((id.common_name.as_str(), id.organizations.as_slice()), ("system:node:n1", [groups::NODES.to_string()].as_slice()));
         assert!(matches!(gen_identity(dir.path(), "node", "x", &[], &[]).unwrap_err(), GenError::Exists { .. }));
+        // The Secret key: 64 hex characters, owner-only, never overwritten.
+        let key = dir.path().join("secret.key");
+        gen_secret_key(&key).unwrap();
+        let text = std::fs::read_to_string(&key).unwrap();
+        assert!(text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(matches!(gen_secret_key(&key).unwrap_err(), GenError::Exists { .. }));
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
     }
 }

@@ -56,11 +56,11 @@ impl Layout {
     pub fn tls_args(&self, name: &str) -> Vec<String> {
         let pki = self.pki();
         let p = |f: String| pki.join(f).display().to_string();
-        vec!["--ca".into(), p("ca.pem".into()), "--cert".into(), p(format!("{name}.pem")), "--key".into(), p(format!("{name}.key"))]
+        vec!["--ca".into(), p(kapp_bootstrap::files::CA_CERT.into()), "--cert".into(), p(format!("{name}.pem")), "--key".into(), p(format!("{name}.key"))]
     }
     /// Identity `name` loaded.
     pub fn identity(&self, name: &str) -> Result<kapp_tls::Pem, kapp_tls::TlsError> {
         let pki = self.pki();
-        kapp_tls::Pem::load(&pki.join("ca.pem"), &pki.join(format!("{name}.pem")), &pki.join(format!("{name}.key")))
+        kapp_tls::Pem::load(&pki.join(kapp_bootstrap::files::CA_CERT), &pki.join(format!("{name}.pem")), &pki.join(format!("{name}.key")))
     }
 }

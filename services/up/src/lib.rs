@@ -153,11 +153,8 @@ fn ensure_material(cfg: &UpConfig, layout: &Layout) -> Result<(), UpError> {
             kapp_bootstrap::gen_identity(&pki, name, cn, &[group], &[])?;
         }
     }
-    let key = layout.secret_key();
-    if !key.exists() {
-        let bytes: [u8; 32] = rand::random();
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        write_private(&key, hex.as_bytes())?;
+    if !layout.secret_key().exists() {
+        kapp_bootstrap::gen_secret_key(&layout.secret_key())?;
     }
     let kubeconfig = kapp_runtime::kubeconfig("kapp-up", &format!("https://127.0.0.1:{}", cfg.api_port), "viewer", &layout.identity("viewer")?);
     write_private(&layout.viewer_kubeconfig(), kubeconfig.as_bytes())
@@ -180,12 +177,9 @@ fn ensure_images(layout: &Layout) -> Result<(), UpError> {
     let spec = kapp_bootstrap::image::ImageSpec {
         reference: EXAMPLE_IMAGE.into(),
         packages: vec!["busybox-static".into()],
-        files: vec![],
         busybox_applets: true,
-        entrypoint: vec![],
         cmd: vec!["sh".into()],
-        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-        workdir: None,
+        ..Default::default()
     };
     let built = kapp_bootstrap::image::build_layout(&spec, &out)?;
     say(&format!("built image {} ({}, {} files) from the Debian package busybox-static", built.reference, built.manifest_digest, built.files));
@@ -242,7 +236,14 @@ fn converged(raw: &kappctl::view::Raw, view: &kappctl::view::ClusterView, since:
         && raw.pods.as_ref().is_some_and(|pods| pods.iter().all(fresh))
 }
 
-async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, started: Instant, seen: &mut BTreeMap<String, ServiceState>) -> Result<bool, UpError> {
+/// How waiting for the cluster ended: whether it converged, and the last view of it (none
+/// if the apiserver never answered).
+struct Waited {
+    converged: bool,
+    view: Option<kappctl::view::ClusterView>,
+}
+
+async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, started: Instant, seen: &mut BTreeMap<String, ServiceState>) -> Result<Waited, UpError> {
     let server = format!("https://127.0.0.1:{}", cfg.api_port);
     let viewer = layout.identity("viewer")?;
     let mut states = sup.states();
@@ -250,6 +251,7 @@ async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, sta
     let deadline = started + cfg.wait;
     let since = kapp_api::table::now_rfc3339();
     let mut client = None;
+    let mut last_view = None;
     while Instant::now() < deadline {
         report_services(&states.borrow_and_update(), seen, started);
         if client.is_none() {
@@ -260,13 +262,15 @@ async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, sta
                 Ok(raw) => {
                     let view = kappctl::view::build(&raw);
                     if converged(&raw, &view, &since) {
-                        say(&format!("[{:6.1}s] cluster      ready: kapp up converged in {:.1}s", started.elapsed().as_secs_f64(), started.elapsed().as_secs_f64()));
-                        return Ok(true);
+                        let t = started.elapsed().as_secs_f64();
+                        say(&format!("[{t:6.1}s] cluster      ready: kapp up converged in {t:.1}s"));
+                        return Ok(Waited { converged: true, view: Some(view) });
                     }
                     let mut r = view.health.reasons.clone();
                     if view.gitops.items.iter().all(|g| g.applied.is_none()) {
                         r.push("gitops has applied no commit yet".into());
                     }
+                    last_view = Some(view);
                     r.join("; ")
                 }
                 Err(e) => format!("apiserver: {e}"),
@@ -281,20 +285,7 @@ async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, sta
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    Ok(false)
-}
-
-async fn print_status(cfg: &UpConfig, layout: &Layout) -> Result<(), UpError> {
-    let server = format!("https://127.0.0.1:{}", cfg.api_port);
-    let style = kappctl::render::style::Style::stdout();
-    match kappctl::readonly::ReadOnlyClient::connect(&server, &layout.identity("viewer")?).await {
-        Ok(c) => match kappctl::status_once(&c, "kapp-up", kappctl::cli::StatusOutput::Text, style).await {
-            Ok((text, _)) => say(text.trim_end()),
-            Err(e) => say(&format!("kappctl status: {e}")),
-        },
-        Err(e) => say(&format!("kappctl status: {e}")),
-    }
-    Ok(())
+    Ok(Waited { converged: false, view: last_view })
 }
 
 fn print_memory(states: &BTreeMap<String, ServiceState>) {
@@ -357,11 +348,15 @@ pub async fn up(cfg: UpConfig) -> Result<(), UpError> {
         r = wait_for_cluster(&cfg, &layout, &sup, started, &mut seen) => Some(r?),
         _ = &mut stop => None,
     };
-    if let Some(ready) = ready {
-        if !ready {
+    if let Some(waited) = ready {
+        if !waited.converged {
             say(&format!("the cluster is not ready after {}s; still running; status:", cfg.wait.as_secs()));
         }
-        print_status(&cfg, &layout).await?;
+        // kappctl status, from the view the wait ended on.
+        match &waited.view {
+            Some(view) => say(kappctl::render::status::render(view, kappctl::render::style::Style::stdout()).trim_end()),
+            None => say("the apiserver never answered: see the logs"),
+        }
         // Idle: let the first burst of work settle before measuring.
         let stopped = tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3)) => false,
