@@ -15,7 +15,7 @@ pub mod spec;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -75,8 +75,9 @@ pub struct Runtime {
     /// libcontainer's state directories (`<root>/<id>/state.json`).
     root: PathBuf,
     pub cgroups: CgroupLayout,
-    /// Container creation clones this process; one at a time keeps that simple to reason about.
-    create: Mutex<()>,
+    /// Container creation (and exec) clones this process; one at a time keeps that simple to
+    /// reason about. `true` once closed: nothing is created any more.
+    create: Mutex<bool>,
 }
 
 /// Runs the image's program, first restoring the signal dispositions exec does not reset:
@@ -147,7 +148,7 @@ impl Runtime {
     pub fn new(root: &Path) -> Result<Runtime, RuntimeError> {
         guard_clone_exits();
         std::fs::create_dir_all(root).map_err(|e| RuntimeError::Io { path: root.to_path_buf(), reason: e.to_string() })?;
-        Ok(Runtime { root: root.to_path_buf(), cgroups: CgroupLayout::detect(), create: Mutex::new(()) })
+        Ok(Runtime { root: root.to_path_buf(), cgroups: CgroupLayout::detect(), create: Mutex::new(false) })
     }
 
     /// Write `config.json` into `bundle`, create and start container `id`; its init's pid.
@@ -161,15 +162,8 @@ impl Runtime {
         if self.root.join(id).exists() {
             self.delete(id);
         }
-        let stdin = File::open("/dev/null").map_err(|e| err(e.to_string()))?;
-        let _one = self.create.lock().expect("create lock");
-        let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-            .with_root_path(&self.root)
-            .map_err(|e| err(e.to_string()))?
-            .with_executor(KubeletExecutor)
-            .with_stdin(stdin)
-            .with_stdout(stdout)
-            .with_stderr(stderr)
+        let (builder, _one) = self.builder(id, stdout, stderr)?;
+        let built = builder
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
@@ -186,6 +180,57 @@ impl Runtime {
             return Err(err(format!("start: {e}")));
         }
         c.pid().map(|p| p.as_raw()).ok_or_else(|| err("no pid after start".into()))
+    }
+
+    /// Start `args` inside running container `id` as its own process runs (namespaces,
+    /// cgroup, user, capabilities, environment, working directory), through libcontainer's
+    /// tenant support: a clone joins the container's namespaces — after `setns` into its
+    /// mount namespace the root is the container's pivoted root — and its cgroup, then
+    /// execs. The process is this process's child; its pid. Blocking (clones): call from a
+    /// blocking thread.
+    pub fn exec(&self, id: &str, args: &[String], stdout: OwnedFd, stderr: OwnedFd) -> Result<i32, RuntimeError> {
+        let err = |reason: String| RuntimeError::Container { id: id.to_string(), reason };
+        let c = Container::load(self.root.join(id)).map_err(|e| err(e.to_string()))?;
+        let spec = Spec::load(c.bundle().join("config.json")).map_err(|e| err(format!("config.json: {e}")))?;
+        let process = spec.process().clone().ok_or_else(|| err("config.json has no process".into()))?;
+        let user = process.user();
+        let (builder, _one) = self.builder(id, stdout, stderr)?;
+        let pid = builder
+            .as_tenant()
+            .with_container_args(args.to_vec())
+            .with_cwd(Some(process.cwd()))
+            .with_user(Some(user.uid()))
+            .with_group(Some(user.gid()))
+            .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
+            .with_detach(true)
+            .build()
+            .map_err(|e| err(format!("exec {args:?}: {e}")))?;
+        Ok(pid.as_raw())
+    }
+
+    /// A libcontainer builder for `id` (stdin from /dev/null), with the creation lock held
+    /// for it; refused once the runtime is closed.
+    fn builder(&self, id: &str, stdout: OwnedFd, stderr: OwnedFd) -> Result<(ContainerBuilder, MutexGuard<'_, bool>), RuntimeError> {
+        let err = |reason: String| RuntimeError::Container { id: id.to_string(), reason };
+        let stdin = File::open("/dev/null").map_err(|e| err(e.to_string()))?;
+        let closed = self.create.lock().expect("create lock");
+        if *closed {
+            return Err(err("the runtime is closed".into()));
+        }
+        let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+            .with_root_path(&self.root)
+            .map_err(|e| err(e.to_string()))?
+            .with_executor(KubeletExecutor)
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr);
+        Ok((builder, closed))
+    }
+
+    /// Create nothing more (waits for a creation under way): a stopped kubelet's workers
+    /// may still be finishing one when the next kubelet starts.
+    pub fn close(&self) {
+        *self.create.lock().expect("create lock") = true;
     }
 
     /// Send `signal` to the container's init (or, `all`, to every process of its cgroup).
