@@ -5,6 +5,7 @@
 
 pub mod plan;
 pub mod pod;
+pub mod probe;
 pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
