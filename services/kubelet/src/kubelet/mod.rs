@@ -6,6 +6,7 @@
 pub mod plan;
 pub mod pod;
 pub mod probe;
+mod prober;
 pub mod volumes;
 
 use std::collections::{HashMap, HashSet};

@@ -367,6 +367,12 @@ impl Node {
         }
     }
 
+    /// Delete pod `name` (its own grace period) and wait until it is gone.
+    pub async fn delete_pod(&self, name: &str) {
+        self.pods().delete(name, &kube::api::DeleteParams::default()).await.expect("delete pod");
+        self.wait_gone(name, Duration::from_secs(40)).await;
+    }
+
     /// A container's log through the kubelet's HTTPS endpoint.
     pub async fn logs(&self, pod: &str, container: &str, query: &str) -> (u16, String) {
         let addr = self.kubelet.as_ref().unwrap().logs_addr.unwrap();
@@ -403,6 +409,51 @@ impl Node {
             let _ = std::fs::remove_dir(h.join(cg.trim_start_matches('/')));
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(cg.trim_start_matches('/')));
+    }
+}
+
+/// A test that fails leaves no containers, mounts or pod namespaces behind: kill what runs
+/// in the kubelet's cgroups, unmount below the state directory, delete the pod namespaces.
+/// After a clean `shutdown` there is nothing left to do.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let parent = self.cfg.cgroup_parent.trim_start_matches('/').to_string();
+        let mut cgroups: Vec<PathBuf> = Vec::new();
+        for h in std::fs::read_dir("/sys/fs/cgroup").map(|r| r.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default() {
+            collect_dirs(&h.join(&parent), &mut cgroups);
+        }
+        for d in &cgroups {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let mut mounts = mounts_below(&self.state_dir);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for e in std::fs::read_dir("/run/netns").map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            if e.file_name().to_string_lossy().starts_with(&self.cfg.netns_prefix) {
+                let _ = Command::new("ip").args(["netns", "del"]).arg(e.file_name()).status();
+            }
+        }
+        // Deepest first; a cgroup whose processes are still dying may stay.
+        cgroups.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+        for d in cgroups {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_path_buf());
+    for e in std::fs::read_dir(dir).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_dirs(&e.path(), out);
+        }
     }
 }
 
