@@ -1,4 +1,4 @@
-//! Probes and lifecycle hooks against a real kernel, registry and an
+//! Probes, lifecycle hooks and kubelet restarts against a real kernel, registry and an
 //! in-process control plane. Root only. The containers are steered through a hostPath
 //! directory the test owns (files the test creates or removes).
 
@@ -25,6 +25,16 @@ fn ctl_volume(dir: &Path) -> Value {
 
 fn ctl_mount() -> Value {
     json!({"name": "ctl", "mountPath": "/ctl"})
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+/// Processes on this machine whose command line is exactly `argv`.
+fn processes(argv: &[&str]) -> usize {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc").unwrap().flatten().filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want)).count()
 }
 
 /// httpGet readiness: not ready while nothing listens, ready once the server answers 200
@@ -226,5 +236,68 @@ async fn lifecycle_hooks() {
     assert_eq!(container(&p, "app")["ready"], false);
     assert!(container(&p, "app")["lastState"]["terminated"].is_object(), "{}", container(&p, "app"));
     node.delete_pod("badhook").await;
+    node.shutdown().await;
+}
+
+/// A kubelet restart: a Succeeded pod is not run again; a running pod's container starts
+/// again once (restartCount 1, the same IP, its init container not rerun, one process);
+/// a running restartPolicy Never pod is not rerun but Failed, as Kubernetes does with a
+/// container it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubelet_restart_keeps_finished_pods_and_restarts_running_ones() {
+    if !common::root_or_skip("kubelet_restart_keeps_finished_pods_and_restarts_running_ones") {
+        return;
+    }
+    let mut node = Node::start("restart", |_| {}).await;
+    let ctl = tempfile::tempdir().unwrap();
+    let c = ctl.path();
+    node.create_pod("job", json!({"restartPolicy": "Never", "volumes": [ctl_volume(c)], "containers": [{"name": "job", "image": node.image, "command": ["sh", "-c", "echo run >> /ctl/job-runs"], "volumeMounts": [ctl_mount()]}]})).await;
+    let web = node
+        .create_pod(
+            "web",
+            json!({
+                "volumes": [ctl_volume(c)],
+                "initContainers": [{"name": "init", "image": node.image, "command": ["sh", "-c", "echo init >> /ctl/web-inits"], "volumeMounts": [ctl_mount()]}],
+                "containers": [{"name": "web", "image": node.image, "command": ["sh", "-c", "echo run >> /ctl/web-runs; exec sleep 1000003"],
+                                "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}, "volumeMounts": [ctl_mount()]}],
+                "terminationGracePeriodSeconds": 1,
+            }),
+        )
+        .await;
+    node.create_pod("once", json!({"restartPolicy": "Never", "containers": [{"name": "once", "image": node.image, "command": ["sleep", "1000004"]}], "terminationGracePeriodSeconds": 1})).await;
+    node.wait_pod("job", START, "Succeeded", |p| p["status"]["phase"] == "Succeeded").await;
+    let before = node.wait_pod("web", START, "Ready", |p| condition(p, "Ready") == "True").await;
+    node.wait_pod("once", START, "Running", |p| p["status"]["phase"] == "Running").await;
+    let ip = before["status"]["podIP"].as_str().unwrap().to_string();
+    assert_eq!((lines(&c.join("job-runs")), lines(&c.join("web-inits")), lines(&c.join("web-runs"))), (1, 1, 1));
+    assert_eq!(processes(&["sleep", "1000003"]), 1);
+
+    let old = node.kubelet.take().unwrap();
+    old.shutdown().await;
+    node.kubelet = Some(kapp_kubelet::Kubelet::start(node.cfg.clone()).await.expect("the kubelet starts again"));
+
+    let after = node.wait_pod("web", START, "restarted and Ready", |p| container(p, "web")["restartCount"] == 1 && condition(p, "Ready") == "True").await;
+    assert_eq!(after["status"]["podIP"], ip.as_str(), "the same address");
+    assert_eq!(container(&after, "web")["lastState"]["terminated"]["reason"], "ContainerStatusUnknown");
+    assert_eq!(after["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
+    let once = node.wait_pod("once", START, "Failed", |p| p["status"]["phase"] == "Failed").await;
+    assert_eq!(container(&once, "once")["state"]["terminated"]["reason"], "ContainerStatusUnknown", "{}", container(&once, "once"));
+    assert_eq!(container(&once, "once")["restartCount"], 0);
+    // Every pod's worker has acted by now; give a rerun of the job time to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = node.wait_pod("job", START, "a status", |_| true).await;
+    assert_eq!(job["status"]["phase"], "Succeeded");
+    assert_eq!(lines(&c.join("job-runs")), 1, "the finished pod did not run again");
+    assert_eq!(lines(&c.join("web-inits")), 1, "the init container had completed: not rerun");
+    assert_eq!(lines(&c.join("web-runs")), 2, "the running container started once more");
+    assert_eq!(processes(&["sleep", "1000003"]), 1, "no duplicate container");
+    assert_eq!(processes(&["sleep", "1000004"]), 0, "the Never pod's container is gone");
+    let uid = web.metadata.uid.unwrap();
+    let runs = std::fs::read_dir(node.state_dir.join("containers")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&uid)).count();
+    assert_eq!(runs, 1, "one container of the pod known to the runtime");
+
+    for n in ["job", "web", "once"] {
+        node.delete_pod(n).await;
+    }
     node.shutdown().await;
 }

@@ -3,7 +3,8 @@
 //! (each after the previous one's postStart hook), runs their probes, restarts by policy
 //! with back-off (also after a failed liveness or startup probe or postStart hook), stops
 //! gracefully on deletion (preStop hooks within the grace period), and reports status.
-//! Every pass re-reads the pod from the watch cache; events only wake it.
+//! Every pass re-reads the pod from the watch cache; events only wake it. A worker started
+//! by a restarted kubelet takes over what the pod's status says its containers did.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, EnvVar, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Api;
 use serde_json::{json, Value};
@@ -165,6 +166,49 @@ impl Ctr {
     }
 }
 
+/// A container as an earlier kubelet left it.
+struct Restored {
+    state: State,
+    last: Option<State>,
+    restarts: u32,
+    started_once: bool,
+    done: bool,
+}
+
+/// What a restarted kubelet takes over from the status an earlier one reported for a
+/// container (`fresh`: the state of one that never ran). A container that was running was
+/// killed when this kubelet started (its output pipes died with the earlier one): it ended
+/// as Kubernetes reports a container it lost (137, `ContainerStatusUnknown`) and is
+/// restarted unless the policy is Never. Finished containers stay finished. Pure.
+fn restore(s: &ContainerStatus, init: bool, policy: &str, fresh: State) -> Restored {
+    let restarts = s.restart_count.max(0) as u32;
+    let terminated = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| State::Terminated {
+        code: t.exit_code,
+        signal: t.signal,
+        reason: t.reason.clone().unwrap_or_default(),
+        started_at: t.started_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
+        finished_at: t.finished_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
+    };
+    let restartable = |code: i32| if init { code != 0 && policy != "Never" } else { plan::restarts(policy, code) };
+    let state = s.state.clone().unwrap_or_default();
+    let ended = if let Some(t) = &state.terminated {
+        Some((terminated(t), t.exit_code))
+    } else {
+        state.running.as_ref().map(|r| {
+            let started_at = r.started_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default();
+            (State::Terminated { code: 137, signal: None, reason: "ContainerStatusUnknown".into(), started_at, finished_at: now() }, 137)
+        })
+    };
+    match ended {
+        Some((t, code)) if !restartable(code) => Restored { state: t, last: None, restarts, started_once: true, done: true },
+        Some((t, _)) => Restored { state: State::Waiting { reason: String::new(), message: String::new() }, last: Some(t), restarts, started_once: true, done: false },
+        None => {
+            let last = s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).map(terminated);
+            Restored { state: fresh, started_once: restarts > 0 || last.is_some(), last, restarts, done: false }
+        }
+    }
+}
+
 struct Sandbox {
     dir: PathBuf,
     ip: Option<Ipv4Addr>,
@@ -244,26 +288,34 @@ impl Worker {
         }
         let spec = pod.spec.clone().unwrap_or_default();
         let status = pod.status.clone().unwrap_or_default();
-        let prior = |init: bool, name: &str| -> u32 {
-            let list = if init { &status.init_container_statuses } else { &status.container_statuses };
-            list.as_ref().and_then(|l| l.iter().find(|s| s.name == name)).map_or(0, |s| s.restart_count.max(0) as u32)
-        };
+        let policy = Self::policy(pod);
         for (init, list) in [(true, spec.init_containers.clone().unwrap_or_default()), (false, spec.containers.clone())] {
+            let reported = if init { &status.init_container_statuses } else { &status.container_statuses };
             for c in list {
-                let restarts = prior(init, &c.name);
+                let prior = reported.as_ref().and_then(|l| l.iter().find(|s| s.name == c.name));
+                let fresh = State::Waiting { reason: if init { "PodInitializing".into() } else { "ContainerCreating".into() }, message: String::new() };
+                let r = prior.map_or(Restored { state: fresh.clone(), last: None, restarts: 0, started_once: false, done: false }, |s| restore(s, init, &policy, fresh));
+                if prior.is_some_and(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())) {
+                    tracing::info!(container = %c.name, restart = !r.done, "container of an earlier kubelet was running");
+                }
                 self.ctrs.push(Ctr {
                     init,
-                    state: State::Waiting { reason: if init { "PodInitializing".into() } else { "ContainerCreating".into() }, message: String::new() },
-                    last: None,
-                    restarts,
+                    state: r.state,
+                    last: r.last,
+                    restarts: r.restarts,
                     crashes: 0,
                     not_before: None,
                     run: None,
-                    done: false,
-                    started_once: restarts > 0,
-                    image_id: String::new(),
+                    done: r.done,
+                    started_once: r.started_once,
+                    image_id: prior.map(|s| s.image_id.clone()).unwrap_or_default(),
                     spec: c,
                 });
+            }
+        }
+        for c in status.conditions.iter().flatten() {
+            if let Some(t) = &c.last_transition_time {
+                self.transitions.insert(c.type_.clone(), (c.status.clone(), t.0.to_string()));
             }
         }
         let phase = status.phase.unwrap_or_default();
@@ -857,11 +909,7 @@ impl Worker {
     /// Remove the sandbox: mounts, IPC and network namespaces, address, cgroup, files.
     async fn cleanup(&mut self) {
         let dir = self.pod_dir();
-        let mut mounts = runtime::mounts_below(&dir);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            runtime::unmount(Path::new(&m));
-        }
+        super::unmount_all(&dir);
         if let Err(e) = self.shared.net.remove_pod(&self.uid).await {
             tracing::warn!(uid = %self.uid, error = %e, "removing the pod network");
         }
@@ -1014,5 +1062,59 @@ pub fn qos(pod: &Pod) -> &'static str {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(v: Value) -> ContainerStatus {
+        let mut v = v;
+        v["name"] = json!("c");
+        v["image"] = json!("i");
+        v["imageID"] = json!("");
+        v["ready"] = json!(false);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn fresh() -> State {
+        State::Waiting { reason: "ContainerCreating".into(), message: String::new() }
+    }
+
+    #[test]
+    fn a_running_container_restarts_unless_never() {
+        let s = status(json!({"restartCount": 2, "state": {"running": {"startedAt": "2024-05-01T10:00:00Z"}}}));
+        for policy in ["Always", "OnFailure"] {
+            let r = restore(&s, false, policy, fresh());
+            assert!(!r.done && r.started_once && r.restarts == 2, "{policy}");
+            assert!(matches!(r.last, Some(State::Terminated { code: 137, ref reason, ref started_at, .. }) if reason == "ContainerStatusUnknown" && started_at == "2024-05-01T10:00:00Z"));
+        }
+        let r = restore(&s, false, "Never", fresh());
+        assert!(r.done && r.last.is_none());
+        assert!(matches!(r.state, State::Terminated { code: 137, .. }));
+    }
+
+    #[test]
+    fn finished_containers_stay_finished() {
+        let done = status(json!({"restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": "2024-05-01T10:00:00Z", "finishedAt": "2024-05-01T10:00:01Z"}}}));
+        let r = restore(&done, true, "Always", fresh());
+        assert!(r.done && matches!(r.state, State::Terminated { code: 0, .. }), "a completed init container is not rerun");
+        assert!(restore(&done, false, "OnFailure", fresh()).done);
+        assert!(!restore(&done, false, "Always", fresh()).done, "Always restarts even a completed container");
+        let failed = status(json!({"restartCount": 1, "state": {"terminated": {"exitCode": 3}}}));
+        assert!(restore(&failed, false, "Never", fresh()).done);
+        let r = restore(&failed, false, "OnFailure", fresh());
+        assert!(!r.done && matches!(r.last, Some(State::Terminated { code: 3, .. })));
+    }
+
+    #[test]
+    fn waiting_containers_keep_their_history() {
+        let s = status(json!({"restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1}}}));
+        let r = restore(&s, false, "Always", fresh());
+        assert!(!r.done && r.started_once && r.restarts == 4 && r.state == fresh());
+        assert!(matches!(r.last, Some(State::Terminated { code: 1, .. })));
+        let never_ran = restore(&status(json!({"restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}})), false, "Always", fresh());
+        assert!(!never_ran.started_once && never_ran.last.is_none());
     }
 }
