@@ -26,15 +26,20 @@ const OUTPUT_LIMIT: usize = 4096;
 const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 
 /// A spawned task that ends when this is dropped.
-pub(crate) struct Task(JoinHandle<()>);
+pub(crate) struct Task<T = ()>(JoinHandle<T>);
 
-impl Task {
-    pub fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Task {
+impl<T: Send + 'static> Task<T> {
+    pub fn spawn(f: impl std::future::Future<Output = T> + Send + 'static) -> Task<T> {
         Task(tokio::spawn(f))
+    }
+
+    /// Its result, if it finishes within `limit`.
+    async fn result_within(&mut self, limit: Duration) -> Option<T> {
+        tokio::time::timeout(limit, &mut self.0).await.ok()?.ok()
     }
 }
 
-impl Drop for Task {
+impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -57,23 +62,33 @@ pub(crate) enum Report {
     PostStart(Result<(), String>),
 }
 
-/// Run `action` once against `target`, bounded by `timeout`: `Err` says why it failed.
+/// Run `action` once against `target`, bounded by `timeout` (a `sleep` hook is cut short,
+/// anything else fails): `Err` says why it failed.
 pub(crate) async fn check(shared: &Arc<Shared>, target: &Target, action: &Action, timeout: Duration) -> Result<(), String> {
-    match action {
-        Action::Exec(cmd) => exec(shared, &target.id, cmd, timeout).await,
-        Action::Http(h) => match tokio::time::timeout(timeout, http_get(shared, target, h, timeout)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("HTTP GET {} on port {}: timed out after {timeout:?}", h.path, h.port)),
+    let run = async {
+        match action {
+            Action::Exec(cmd) => exec(shared, &target.id, cmd).await,
+            Action::Http(h) => http_get(shared, target, h, timeout).await,
+            Action::Tcp { host, port } => {
+                let addr = address(host.as_deref(), target.ip, *port).await?;
+                shared.net.connect(addr, timeout).await.map(drop).map_err(|e| e.to_string())
+            }
+            Action::Sleep(d) => {
+                tokio::time::sleep(*d).await;
+                Ok(())
+            }
+            Action::Unsupported(why) => Err(why.clone()),
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        Err(_) => match action {
+            Action::Sleep(_) => Ok(()),
+            Action::Exec(cmd) => Err(format!("command {:?} timed out after {timeout:?}", cmd.join(" "))),
+            Action::Http(h) => Err(format!("HTTP GET {} on port {} timed out after {timeout:?}", h.path, h.port)),
+            Action::Tcp { port, .. } => Err(format!("TCP connection to port {port} timed out after {timeout:?}")),
+            Action::Unsupported(why) => Err(why.clone()),
         },
-        Action::Tcp { host, port } => {
-            let addr = address(host.as_deref(), target.ip, *port).await?;
-            shared.net.connect(addr, timeout).await.map(drop).map_err(|e| e.to_string())
-        }
-        Action::Sleep(d) => {
-            tokio::time::sleep((*d).min(timeout)).await;
-            Ok(())
-        }
-        Action::Unsupported(why) => Err(why.clone()),
     }
 }
 
@@ -117,7 +132,7 @@ async fn http_get(shared: &Arc<Shared>, target: &Target, h: &HttpGet, timeout: D
     }
 }
 
-/// Kills an exec process that has not been reaped when dropped (timeout or cancellation).
+/// Kills an exec process whose exit was not seen when dropped (a timeout or cancellation).
 struct ExecGuard(Option<i32>);
 
 impl Drop for ExecGuard {
@@ -129,33 +144,26 @@ impl Drop for ExecGuard {
 }
 
 /// Run `cmd` inside container `id`; success is exit code 0.
-async fn exec(shared: &Arc<Shared>, id: &str, cmd: &[String], timeout: Duration) -> Result<(), String> {
+async fn exec(shared: &Arc<Shared>, id: &str, cmd: &[String]) -> Result<(), String> {
     let shown = cmd.join(" ");
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("exec {shown:?}: pipe: {e}"))?;
     let err_w = out_w.try_clone().map_err(|e| format!("exec {shown:?}: pipe: {e}"))?;
     let (s, id2, args) = (shared.clone(), id.to_string(), cmd.to_vec());
-    let pid = tokio::task::spawn_blocking(move || s.runtime.exec(&id2, &args, out_w, err_w)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let (pid, helper) = tokio::task::spawn_blocking(move || s.runtime.exec(&id2, &args, out_w, err_w)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     let mut guard = ExecGuard(Some(pid));
-    let exit = crate::runtime::wait_exit(pid);
+    let exit = crate::runtime::wait_exit(helper);
     // The output, up to a bound, until every writer closed it.
-    let reader = tokio::spawn(async move {
+    let mut reader = Task::spawn(async move {
         let mut out = Vec::new();
         if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r) {
             let _ = rx.take(OUTPUT_LIMIT as u64).read_to_end(&mut out).await;
         }
         out
     });
-    let exit = match tokio::time::timeout(timeout, exit).await {
-        Ok(Ok(e)) => e,
-        Ok(Err(_)) => return Err(format!("exec {shown:?}: its exit was lost")),
-        Err(_) => {
-            reader.abort();
-            return Err(format!("command {shown:?} timed out after {timeout:?}"));
-        }
-    };
+    let exit = exit.await.map_err(|_| format!("exec {shown:?}: its exit was lost"))?;
     guard.0 = None;
     // A child that keeps the pipe open must not hold the result back.
-    let output = tokio::time::timeout(Duration::from_millis(200), reader).await.ok().and_then(Result::ok).unwrap_or_default();
+    let output = reader.result_within(Duration::from_millis(200)).await.unwrap_or_default();
     if exit.code == 0 {
         return Ok(());
     }
