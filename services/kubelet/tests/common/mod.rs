@@ -346,14 +346,19 @@ impl Node {
     pub async fn wait_pod(&self, name: &str, timeout: Duration, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
+        let mut error = String::new();
         loop {
-            if let Ok(Some(p)) = self.pods().get_opt(name).await {
-                last = serde_json::to_value(&p).unwrap();
-                if ok(&last) {
-                    return last;
+            match self.pods().get_opt(name).await {
+                Ok(Some(p)) => {
+                    last = serde_json::to_value(&p).unwrap();
+                    if ok(&last) {
+                        return last;
+                    }
                 }
+                Ok(None) => error = "not found".into(),
+                Err(e) => error = e.to_string(),
             }
-            assert!(Instant::now() < deadline, "pod {name}: timed out waiting for {what}; last seen:\n{}", serde_json::to_string_pretty(&last["status"]).unwrap());
+            assert!(Instant::now() < deadline, "pod {name}: timed out waiting for {what}; last error {error:?}; last seen:\n{}", serde_json::to_string_pretty(&last["status"]).unwrap());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -413,7 +418,8 @@ impl Node {
 }
 
 /// A test that fails leaves no containers, mounts or pod namespaces behind: kill what runs
-/// in the kubelet's cgroups, unmount below the state directory, delete the pod namespaces.
+/// in the kubelet's cgroups, delete the namespaces of its pods, unmount below the state
+/// directory.
 /// After a clean `shutdown` there is nothing left to do.
 impl Drop for Node {
     fn drop(&mut self) {
@@ -432,9 +438,11 @@ impl Drop for Node {
         for m in mounts {
             let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
         }
-        for e in std::fs::read_dir("/run/netns").map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
-            if e.file_name().to_string_lossy().starts_with(&self.cfg.netns_prefix) {
-                let _ = Command::new("ip").args(["netns", "del"]).arg(e.file_name()).status();
+        // Only this node's pods: every kubelet of this test process shares the prefix.
+        for e in std::fs::read_dir(self.state_dir.join("pods")).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            let (netns, _) = kapp_kubelet::net::names(&self.cfg.netns_prefix, &e.file_name().to_string_lossy());
+            if Path::new("/run/netns").join(&netns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &netns]).status();
             }
         }
         // Deepest first; a cgroup whose processes are still dying may stay.
