@@ -3,7 +3,8 @@
 //! environment, which takes std's environment lock; std's `Command::spawn` holds that lock
 //! (for reading) while it forks. A container created while another task spawned `ip`
 //! deadlocked its init for ever (seen under `kapp up`). So: every command the kubelet spawns
-//! goes through [`spawn`], and container creation holds [`exclusive`] while it clones.
+//! goes through [`spawn`], and the runtime holds [`exclusive`] while it forks its libcontainer
+//! helper (`runtime::forked`).
 
 use std::sync::{RwLock, RwLockWriteGuard};
 

@@ -5,6 +5,8 @@
 
 pub mod plan;
 pub mod pod;
+pub mod probe;
+mod prober;
 pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
@@ -113,6 +115,9 @@ impl Config {
     }
 }
 
+/// A pod worker: its wake-up and its task.
+pub(crate) type WorkerHandle = (Arc<Notify>, JoinHandle<()>);
+
 /// What every pod worker shares.
 pub(crate) struct Shared {
     pub cfg: Config,
@@ -123,7 +128,7 @@ pub(crate) struct Shared {
     pub ipam: tokio::sync::Mutex<Ipam>,
     pub pods: Store<Pod>,
     pub backoff: Backoff,
-    pub workers: Mutex<HashMap<String, Arc<Notify>>>,
+    pub workers: Mutex<HashMap<String, WorkerHandle>>,
 }
 
 impl Shared {
@@ -134,13 +139,13 @@ impl Shared {
     /// Wake (starting if needed) the worker of `uid`.
     fn wake(self: &Arc<Self>, uid: &str) {
         let mut w = self.workers.lock().expect("workers lock");
-        if let Some(n) = w.get(uid) {
+        if let Some((n, _)) = w.get(uid) {
             n.notify_one();
             return;
         }
         let n = Arc::new(Notify::new());
-        w.insert(uid.to_string(), n.clone());
-        tokio::spawn(tracing::Instrument::instrument(pod::run(self.clone(), uid.to_string(), n), tracing::info_span!("pod", uid)));
+        let task = tokio::spawn(tracing::Instrument::instrument(pod::run(self.clone(), uid.to_string(), n.clone()), tracing::info_span!("pod", uid)));
+        w.insert(uid.to_string(), (n, task));
     }
 }
 
@@ -171,10 +176,15 @@ impl Kubelet {
         if let Some(dir) = &cfg.import_dir {
             import_all(&images, dir).await;
         }
-        // No adoption yet: containers of an earlier run are stopped and started again.
+        // No adoption: containers of an earlier run lost their output pipes with it. They are
+        // removed with their root filesystems; pod sandboxes (network, address, IPC, volumes)
+        // stay, and the pod workers start the containers again as their status says.
         for id in runtime.list() {
             tracing::info!(id, "removing a container left by an earlier run");
             runtime.delete(&id);
+        }
+        for pod in std::fs::read_dir(cfg.state_dir.join("pods")).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default() {
+            unmount_all(&pod.join("containers"));
         }
         let (reader, writer) = reflector::store::<Pod>();
         let shared = Arc::new(Shared {
@@ -201,13 +211,21 @@ impl Kubelet {
         Ok(Kubelet { shared, tasks, stop, logs_addr })
     }
 
-    /// Stop the loops; containers keep running.
+    /// Stop the loops and the pod workers (as if the process ended); containers keep
+    /// running, and nothing new is created.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        // The loops first: the pod watch starts workers.
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
         }
+        let workers: Vec<WorkerHandle> = self.shared.workers.lock().expect("workers lock").drain().map(|(_, w)| w).collect();
+        for (_, t) in workers {
+            t.abort();
+            let _ = t.await;
+        }
+        self.shared.runtime.close();
     }
 
     /// Stop the loops and remove every pod of this node from the machine (containers,
@@ -215,7 +233,6 @@ impl Kubelet {
     pub async fn shutdown_and_clean(self) {
         let shared = self.shared.clone();
         self.shutdown().await;
-        shared.workers.lock().expect("workers lock").clear();
         clean_node(&shared, &HashSet::new()).await;
     }
 
@@ -255,15 +272,20 @@ async fn clean_node(shared: &Shared, keep: &HashSet<String>) {
     uids.extend(shared.ipam.lock().await.owners());
     for uid in uids.difference(keep) {
         let dir = pods_dir.join(uid);
-        let mut mounts = crate::runtime::mounts_below(&dir);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            crate::runtime::unmount(Path::new(&m));
-        }
+        unmount_all(&dir);
         let _ = shared.net.remove_pod(uid).await;
         let _ = shared.ipam.lock().await.release(uid);
         shared.runtime.remove_cgroup(&format!("/{}/pod{uid}", shared.cfg.cgroup_parent));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Unmount everything at or below `dir`, deepest first.
+pub(crate) fn unmount_all(dir: &Path) {
+    let mut mounts = crate::runtime::mounts_below(dir);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        crate::runtime::unmount(Path::new(&m));
     }
 }
 

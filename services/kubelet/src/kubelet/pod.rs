@@ -1,7 +1,10 @@
 //! One worker per pod (by uid): it owns the pod's sandbox (network, IPC namespace, files,
-//! volumes) and containers, starts init containers in order and then the app containers,
-//! restarts by policy with back-off, stops gracefully on deletion, and reports status.
-//! Every pass re-reads the pod from the watch cache; events only wake it.
+//! volumes) and containers, starts init containers in order and then the app containers
+//! (each after the previous one's postStart hook), runs their probes, restarts by policy
+//! with back-off (also after a failed liveness or startup probe or postStart hook), stops
+//! gracefully on deletion (preStop hooks within the grace period), and reports status.
+//! Every pass re-reads the pod from the watch cache; events only wake it. A worker started
+//! by a restarted kubelet takes over what the pod's status says its containers did.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -9,14 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, EnvVar, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Api;
-use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
 use super::plan::{self, Seen};
+use super::probe::{Checks, Kind};
+use super::prober::{self, Probes, Report, Target, Task};
 use super::volumes;
 use super::Shared;
 use crate::runtime::{self, logs, BindMount, ContainerParams, Exit};
@@ -27,6 +31,19 @@ const RESYNC: Duration = Duration::from_secs(10);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// After SIGKILL, how long to wait for exits before deleting regardless.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// A postStart hook that runs longer fails (Kubernetes sets no bound; we bound every wait).
+const POST_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// The grace period when the pod names none.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// What reaches a pod worker besides wake-ups.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// Container run `id` exited.
+    Exit(String, Exit),
+    /// A probe or hook of container run `id` has news.
+    Check(String, Report),
+}
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -72,6 +89,50 @@ struct Run {
     rootfs: PathBuf,
     started: Instant,
     started_at: String,
+    checks: Checks,
+    /// The postStart hook finished (or there is none); probes run from then on.
+    post_started: bool,
+    /// `containerStatuses[].started`: the startup probe succeeded (or there is none).
+    startup_done: bool,
+    /// `containerStatuses[].ready`.
+    ready: bool,
+    /// The postStart hook, then the probes; dropping them stops them.
+    hook: Option<Task>,
+    probes: Option<Probes>,
+    /// The stop sequence, once begun, and why the kubelet stopped the container (a failed
+    /// probe or hook: it is restarted unless the policy is Never).
+    stopping: Option<Task>,
+    killed_for: Option<&'static str>,
+}
+
+impl Run {
+    /// The postStart hook is done (or there is none): start the probes. Without a readiness
+    /// (and startup) probe the container is ready from now on.
+    fn begin_probes(&mut self, shared: &Arc<Shared>, ip: Option<Ipv4Addr>, events: &mpsc::Sender<Event>) {
+        self.post_started = true;
+        self.hook = None;
+        self.ready = self.startup_done && self.checks.readiness.is_none();
+        let c = &self.checks;
+        self.probes = Some(Probes::start(shared, &Target { id: self.id.clone(), ip }, self.started, [c.startup.as_ref(), c.liveness.as_ref(), c.readiness.as_ref()], events));
+    }
+
+    /// Begin the stop sequence (preStop hook, SIGTERM, SIGKILL after `grace`; at once when
+    /// `grace` is zero) unless it is under way; the exit arrives as usual.
+    fn stop(&mut self, shared: &Arc<Shared>, ip: Option<Ipv4Addr>, grace: Duration, why: Option<&'static str>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.probes = None;
+        self.hook = None;
+        self.killed_for = why;
+        let hook = self.checks.pre_stop.clone().filter(|_| !grace.is_zero());
+        self.stopping = Some(Task::spawn(prober::stop(shared.clone(), Target { id: self.id.clone(), ip }, hook, grace)));
+    }
+}
+
+/// The pod's `terminationGracePeriodSeconds` (30 s when unset).
+fn grace_period(pod: &Pod) -> Duration {
+    pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).map_or(DEFAULT_GRACE, |g| Duration::from_secs(g.max(0) as u64))
 }
 
 struct Ctr {
@@ -105,6 +166,49 @@ impl Ctr {
     }
 }
 
+/// A container as an earlier kubelet left it.
+struct Restored {
+    state: State,
+    last: Option<State>,
+    restarts: u32,
+    started_once: bool,
+    done: bool,
+}
+
+/// What a restarted kubelet takes over from the status an earlier one reported for a
+/// container (`fresh`: the state of one that never ran). A container that was running was
+/// killed when this kubelet started (its output pipes died with the earlier one): it ended
+/// as Kubernetes reports a container it lost (137, `ContainerStatusUnknown`) and is
+/// restarted unless the policy is Never. Finished containers stay finished. Pure.
+fn restore(s: &ContainerStatus, init: bool, policy: &str, fresh: State) -> Restored {
+    let restarts = s.restart_count.max(0) as u32;
+    let terminated = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| State::Terminated {
+        code: t.exit_code,
+        signal: t.signal,
+        reason: t.reason.clone().unwrap_or_default(),
+        started_at: t.started_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
+        finished_at: t.finished_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
+    };
+    let restartable = |code: i32| if init { code != 0 && policy != "Never" } else { plan::restarts(policy, code) };
+    let state = s.state.clone().unwrap_or_default();
+    let ended = if let Some(t) = &state.terminated {
+        Some((terminated(t), t.exit_code))
+    } else {
+        state.running.as_ref().map(|r| {
+            let started_at = r.started_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default();
+            (State::Terminated { code: 137, signal: None, reason: "ContainerStatusUnknown".into(), started_at, finished_at: now() }, 137)
+        })
+    };
+    match ended {
+        Some((t, code)) if !restartable(code) => Restored { state: t, last: None, restarts, started_once: true, done: true },
+        Some((t, _)) => Restored { state: State::Waiting { reason: String::new(), message: String::new() }, last: Some(t), restarts, started_once: true, done: false },
+        None => {
+            let last = s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).map(terminated);
+            Restored { state: fresh, started_once: restarts > 0 || last.is_some(), last, restarts, done: false }
+        }
+    }
+}
+
 struct Sandbox {
     dir: PathBuf,
     ip: Option<Ipv4Addr>,
@@ -119,7 +223,7 @@ pub(crate) struct Worker {
     ctrs: Vec<Ctr>,
     sandbox: Option<Sandbox>,
     sandbox_error: Option<String>,
-    exits: mpsc::Sender<(String, Exit)>,
+    events: mpsc::Sender<Event>,
     reported: Option<Value>,
     transitions: HashMap<String, (String, String)>,
     start_time: Option<String>,
@@ -129,8 +233,8 @@ pub(crate) struct Worker {
 
 /// Run pod `uid` until it is deleted and cleaned up.
 pub(crate) async fn run(shared: Arc<Shared>, uid: String, wake: Arc<Notify>) {
-    let (tx, mut rx) = mpsc::channel::<(String, Exit)>(64);
-    let mut w = Worker { shared, uid: uid.clone(), ctrs: Vec::new(), sandbox: None, sandbox_error: None, exits: tx, reported: None, transitions: HashMap::new(), start_time: None, finished_before: false };
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let mut w = Worker { shared, uid: uid.clone(), ctrs: Vec::new(), sandbox: None, sandbox_error: None, events: tx, reported: None, transitions: HashMap::new(), start_time: None, finished_before: false };
     loop {
         let pod = w.shared.pod(&uid);
         let next = match &pod {
@@ -154,9 +258,12 @@ pub(crate) async fn run(shared: Arc<Shared>, uid: String, wake: Arc<Notify>) {
         let sleep = next.map_or(RESYNC, |t| t.saturating_duration_since(Instant::now()).min(RESYNC));
         tokio::select! {
             _ = wake.notified() => {}
-            Some((id, exit)) = rx.recv() => {
+            Some(ev) = rx.recv() => {
                 if let Some(p) = w.shared.pod(&uid) {
-                    w.on_exit(&p, &id, exit).await;
+                    match ev {
+                        Event::Exit(id, exit) => w.on_exit(&p, &id, exit).await,
+                        Event::Check(id, report) => w.on_check(&p, &id, report),
+                    }
                 }
             }
             _ = tokio::time::sleep(sleep) => {}
@@ -181,26 +288,34 @@ impl Worker {
         }
         let spec = pod.spec.clone().unwrap_or_default();
         let status = pod.status.clone().unwrap_or_default();
-        let prior = |init: bool, name: &str| -> u32 {
-            let list = if init { &status.init_container_statuses } else { &status.container_statuses };
-            list.as_ref().and_then(|l| l.iter().find(|s| s.name == name)).map_or(0, |s| s.restart_count.max(0) as u32)
-        };
+        let policy = Self::policy(pod);
         for (init, list) in [(true, spec.init_containers.clone().unwrap_or_default()), (false, spec.containers.clone())] {
+            let reported = if init { &status.init_container_statuses } else { &status.container_statuses };
             for c in list {
-                let restarts = prior(init, &c.name);
+                let prior = reported.as_ref().and_then(|l| l.iter().find(|s| s.name == c.name));
+                let fresh = State::Waiting { reason: if init { "PodInitializing".into() } else { "ContainerCreating".into() }, message: String::new() };
+                let r = prior.map_or(Restored { state: fresh.clone(), last: None, restarts: 0, started_once: false, done: false }, |s| restore(s, init, &policy, fresh));
+                if prior.is_some_and(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())) {
+                    tracing::info!(container = %c.name, restart = !r.done, "container of an earlier kubelet was running");
+                }
                 self.ctrs.push(Ctr {
                     init,
-                    state: State::Waiting { reason: if init { "PodInitializing".into() } else { "ContainerCreating".into() }, message: String::new() },
-                    last: None,
-                    restarts,
+                    state: r.state,
+                    last: r.last,
+                    restarts: r.restarts,
                     crashes: 0,
                     not_before: None,
                     run: None,
-                    done: false,
-                    started_once: restarts > 0,
-                    image_id: String::new(),
+                    done: r.done,
+                    started_once: r.started_once,
+                    image_id: prior.map(|s| s.image_id.clone()).unwrap_or_default(),
                     spec: c,
                 });
+            }
+        }
+        for c in status.conditions.iter().flatten() {
+            if let Some(t) = &c.last_transition_time {
+                self.transitions.insert(c.type_.clone(), (c.status.clone(), t.0.to_string()));
             }
         }
         let phase = status.phase.unwrap_or_default();
@@ -269,6 +384,10 @@ impl Worker {
         let mut next: Option<Instant> = None;
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];
+            if c.run.as_ref().is_some_and(|r| !r.post_started) {
+                // As in Kubernetes, the next container starts after this one's postStart hook.
+                break;
+            }
             if c.init || c.done || c.run.is_some() {
                 continue;
             }
@@ -342,7 +461,21 @@ impl Worker {
                 return;
             }
         };
+        // Init containers have no probes or hooks (Kubernetes refuses them there).
+        let checks = if self.ctrs[i].init {
+            Checks::default()
+        } else {
+            let index = self.ctrs[..i].iter().filter(|c| !c.init).count();
+            match Checks::of(&self.ctrs[i].spec, &format!("spec.containers[{index}]")) {
+                Ok(c) => c,
+                Err(e) => {
+                    fail(&mut self.ctrs[i], "CreateContainerConfigError", e.to_string());
+                    return;
+                }
+            }
+        };
         let Some(sb) = &self.sandbox else { return };
+        let pod_ip = sb.ip;
         let c = &self.ctrs[i];
         let run_no = if c.started_once { c.restarts + 1 } else { 0 };
         let id = format!("{}-{}-{}", self.uid, c.spec.name, run_no);
@@ -402,11 +535,11 @@ impl Worker {
         tokio::spawn(logs::pump(out_r, "stdout", sink.clone()));
         tokio::spawn(logs::pump(err_r, "stderr", sink));
         let exit = runtime::wait_exit(pid);
-        let tx = self.exits.clone();
+        let tx = self.events.clone();
         let id3 = id.clone();
         tokio::spawn(async move {
             if let Ok(e) = exit.await {
-                let _ = tx.send((id3, e)).await;
+                let _ = tx.send(Event::Exit(id3, e)).await;
             }
         });
         let c = &mut self.ctrs[i];
@@ -419,7 +552,75 @@ impl Worker {
         tracing::info!(container = %c.spec.name, id = %id, pid, "container started");
         c.state = State::Running { started_at: started_at.clone() };
         c.not_before = None;
-        c.run = Some(Run { id, cgroup: params.cgroups_path, dir: cdir, rootfs, started: Instant::now(), started_at });
+        let post_start = checks.post_start.clone();
+        let mut run = Run {
+            startup_done: checks.startup.is_none(),
+            checks,
+            id,
+            cgroup: params.cgroups_path,
+            dir: cdir,
+            rootfs,
+            started: Instant::now(),
+            started_at,
+            post_started: false,
+            ready: false,
+            hook: None,
+            probes: None,
+            stopping: None,
+            killed_for: None,
+        };
+        match post_start {
+            None => run.begin_probes(&self.shared, pod_ip, &self.events),
+            Some(hook) => {
+                let (shared, events, target) = (self.shared.clone(), self.events.clone(), Target { id: run.id.clone(), ip: pod_ip });
+                run.hook = Some(Task::spawn(async move {
+                    let r = prober::check(&shared, &target, &hook, POST_START_TIMEOUT).await;
+                    let _ = events.send(Event::Check(target.id, Report::PostStart(r))).await;
+                }));
+            }
+        }
+        c.run = Some(run);
+    }
+
+    fn pod_ip(&self) -> Option<Ipv4Addr> {
+        self.sandbox.as_ref().and_then(|s| s.ip)
+    }
+
+    /// A probe or hook of container run `id` has news: readiness, started, or a failure
+    /// that stops the container (to be restarted by policy).
+    fn on_check(&mut self, pod: &Pod, id: &str, report: Report) {
+        let (_, name) = pod_key(pod);
+        let policy = Self::policy(pod);
+        let grace = grace_period(pod);
+        let (shared, events, ip) = (self.shared.clone(), self.events.clone(), self.pod_ip());
+        let Some(c) = self.ctrs.iter_mut().find(|c| c.run.as_ref().is_some_and(|r| r.id == id)) else { return };
+        let run = c.run.as_mut().expect("found by its run");
+        if run.stopping.is_some() {
+            return;
+        }
+        let then = if policy == "Never" { "will be stopped" } else { "will be restarted" };
+        match report {
+            Report::PostStart(Ok(())) => run.begin_probes(&shared, ip, &events),
+            Report::PostStart(Err(e)) => {
+                tracing::warn!(pod = %name, container = %c.spec.name, error = %e, "FailedPostStartHook: container {} {then}", c.spec.name);
+                run.stop(&shared, ip, grace, Some("postStart"));
+            }
+            Report::Verdict { kind: Kind::Readiness, ok, message } => {
+                tracing::info!(pod = %name, container = %c.spec.name, ready = ok, %message, "readiness changed");
+                run.ready = ok;
+            }
+            Report::Verdict { kind: Kind::Startup, ok: true, .. } => {
+                run.startup_done = true;
+                run.ready = run.checks.readiness.is_none();
+            }
+            Report::Verdict { kind, ok: false, message } => {
+                tracing::warn!(pod = %name, container = %c.spec.name, %message, "Unhealthy: container {} failed {} probe, {then}", c.spec.name, kind.field());
+                let probe = if kind == Kind::Startup { &run.checks.startup } else { &run.checks.liveness };
+                let grace = probe.as_ref().and_then(|p| p.termination_grace).unwrap_or(grace);
+                run.stop(&shared, ip, grace, Some(kind.field()));
+            }
+            Report::Verdict { .. } => {}
+        }
     }
 
     /// Container run `id` exited: record it, clean up its instance, decide on a restart.
@@ -436,9 +637,10 @@ impl Worker {
         let _ = std::fs::remove_dir_all(&run.dir);
         // A container whose main process outlived an OOM kill of a child and exited 0 completed.
         let reason = if exit.code == 0 { "Completed" } else if oom { "OOMKilled" } else { "Error" };
-        tracing::info!(container = %c.spec.name, id, code = exit.code, reason, "container exited");
+        tracing::info!(container = %c.spec.name, id, code = exit.code, reason, killed_for = run.killed_for.unwrap_or(""), "container exited");
         let term = State::Terminated { code: exit.code, signal: exit.signal, reason: reason.into(), started_at: run.started_at.clone(), finished_at: now() };
-        let restart = if c.init { exit.code != 0 && policy != "Never" } else { plan::restarts(&policy, exit.code) };
+        // A container the kubelet stopped for a failed probe or hook restarts unless Never.
+        let restart = if c.init { exit.code != 0 && policy != "Never" } else if run.killed_for.is_some() { policy != "Never" } else { plan::restarts(&policy, exit.code) };
         if c.init && exit.code == 0 {
             c.done = true;
             c.state = term;
@@ -660,32 +862,27 @@ impl Worker {
         })
     }
 
-    /// Stop every container (SIGTERM, `grace`, SIGKILL) and remove everything the pod had.
-    async fn teardown(&mut self, grace: Duration, rx: &mut mpsc::Receiver<(String, Exit)>) {
-        let running: Vec<String> = self.ctrs.iter().filter_map(|c| c.run.as_ref().map(|r| r.id.clone())).collect();
-        if !running.is_empty() {
+    /// Stop every container (preStop hooks, SIGTERM, SIGKILL when `grace` is over, all at
+    /// once) and remove everything the pod had.
+    async fn teardown(&mut self, grace: Duration, rx: &mut mpsc::Receiver<Event>) {
+        if self.ctrs.iter().any(|c| c.run.is_some()) {
             tracing::info!(uid = %self.uid, grace = grace.as_secs(), "stopping pod");
-            for id in &running {
-                let _ = self.shared.runtime.kill(id, if grace.is_zero() { Signal::SIGKILL } else { Signal::SIGTERM }, grace.is_zero());
+            let (shared, ip) = (self.shared.clone(), self.pod_ip());
+            for run in self.ctrs.iter_mut().filter_map(|c| c.run.as_mut()) {
+                run.stop(&shared, ip, grace, None);
             }
-            let mut deadline = Instant::now() + grace;
-            let mut killed = grace.is_zero();
+            // The stop sequences SIGKILL at the end of the grace period; this bounds the wait
+            // for their exits.
+            let deadline = Instant::now() + grace + KILL_WAIT;
             while self.ctrs.iter().any(|c| c.run.is_some()) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, rx.recv()).await {
-                    Ok(Some((id, exit))) => self.stopped(&id, exit).await,
-                    Ok(None) => break,
-                    Err(_) if !killed => {
-                        for c in self.ctrs.iter().filter_map(|c| c.run.as_ref()) {
-                            let _ = self.shared.runtime.kill(&c.id, Signal::SIGKILL, true);
-                        }
-                        killed = true;
-                        deadline = Instant::now() + KILL_WAIT;
-                    }
-                    Err(_) => break,
+                    Ok(Some(Event::Exit(id, exit))) => self.stopped(&id, exit).await,
+                    Ok(Some(Event::Check(..))) => {}
+                    Ok(None) | Err(_) => break,
                 }
             }
-            // Whatever did not report its exit: delete regardless.
+            // Whatever did not report its exit: delete (SIGKILL) regardless.
             let left: Vec<Run> = self.ctrs.iter_mut().filter_map(|c| c.run.take()).collect();
             for r in left {
                 let shared = self.shared.clone();
@@ -712,11 +909,7 @@ impl Worker {
     /// Remove the sandbox: mounts, IPC and network namespaces, address, cgroup, files.
     async fn cleanup(&mut self) {
         let dir = self.pod_dir();
-        let mut mounts = runtime::mounts_below(&dir);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            runtime::unmount(Path::new(&m));
-        }
+        super::unmount_all(&dir);
         if let Err(e) = self.shared.net.remove_pod(&self.uid).await {
             tracing::warn!(uid = %self.uid, error = %e, "removing the pod network");
         }
@@ -751,8 +944,8 @@ impl Worker {
                 "name": c.spec.name,
                 "image": c.spec.image.clone().unwrap_or_default(),
                 "imageID": c.image_id,
-                "ready": !c.init && c.run.is_some(),
-                "started": c.run.is_some(),
+                "ready": !c.init && c.run.as_ref().is_some_and(|r| r.ready),
+                "started": c.run.as_ref().is_some_and(|r| r.startup_done),
                 "restartCount": c.restarts,
                 "state": c.state.to_json(),
                 "lastState": c.last.as_ref().map_or(json!({}), State::to_json),
@@ -763,13 +956,15 @@ impl Worker {
             s
         };
         let initialized = inits.iter().all(|s| matches!(s, Seen::Exited(0, _)));
-        let ready = !apps.is_empty() && self.ctrs.iter().filter(|c| !c.init).all(|c| c.run.is_some());
-        let mut conds = vec![("PodScheduled", true, ""), ("Initialized", initialized, if initialized { "" } else { "ContainersNotInitialized" })];
-        conds.push(("ContainersReady", ready, if ready { "" } else { "ContainersNotReady" }));
-        conds.push(("Ready", ready, if ready { "" } else { "ContainersNotReady" }));
+        let unready: Vec<&str> = self.ctrs.iter().filter(|c| !c.init && !c.run.as_ref().is_some_and(|r| r.ready)).map(|c| c.spec.name.as_str()).collect();
+        let ready = !apps.is_empty() && unready.is_empty();
+        let unready = format!("containers with unready status: [{}]", unready.join(" "));
+        let mut conds = vec![("PodScheduled", true, "", String::new()), ("Initialized", initialized, if initialized { "" } else { "ContainersNotInitialized" }, String::new())];
+        conds.push(("ContainersReady", ready, if ready { "" } else { "ContainersNotReady" }, if ready { String::new() } else { unready.clone() }));
+        conds.push(("Ready", ready, if ready { "" } else { "ContainersNotReady" }, if ready { String::new() } else { unready }));
         let conditions: Vec<Value> = conds
             .into_iter()
-            .map(|(t, ok, reason)| {
+            .map(|(t, ok, reason, message)| {
                 let st = if ok { "True" } else { "False" }.to_string();
                 let entry = self.transitions.entry(t.to_string()).or_insert_with(|| (st.clone(), now()));
                 if entry.0 != st {
@@ -778,6 +973,9 @@ impl Worker {
                 let mut c = json!({"type": t, "status": st, "lastTransitionTime": entry.1});
                 if !reason.is_empty() {
                     c["reason"] = json!(reason);
+                }
+                if !message.is_empty() {
+                    c["message"] = json!(message);
                 }
                 c
             })
@@ -864,5 +1062,59 @@ pub fn qos(pod: &Pod) -> &'static str {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(v: Value) -> ContainerStatus {
+        let mut v = v;
+        v["name"] = json!("c");
+        v["image"] = json!("i");
+        v["imageID"] = json!("");
+        v["ready"] = json!(false);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn fresh() -> State {
+        State::Waiting { reason: "ContainerCreating".into(), message: String::new() }
+    }
+
+    #[test]
+    fn a_running_container_restarts_unless_never() {
+        let s = status(json!({"restartCount": 2, "state": {"running": {"startedAt": "2024-05-01T10:00:00Z"}}}));
+        for policy in ["Always", "OnFailure"] {
+            let r = restore(&s, false, policy, fresh());
+            assert!(!r.done && r.started_once && r.restarts == 2, "{policy}");
+            assert!(matches!(r.last, Some(State::Terminated { code: 137, ref reason, ref started_at, .. }) if reason == "ContainerStatusUnknown" && started_at == "2024-05-01T10:00:00Z"));
+        }
+        let r = restore(&s, false, "Never", fresh());
+        assert!(r.done && r.last.is_none());
+        assert!(matches!(r.state, State::Terminated { code: 137, .. }));
+    }
+
+    #[test]
+    fn finished_containers_stay_finished() {
+        let done = status(json!({"restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": "2024-05-01T10:00:00Z", "finishedAt": "2024-05-01T10:00:01Z"}}}));
+        let r = restore(&done, true, "Always", fresh());
+        assert!(r.done && matches!(r.state, State::Terminated { code: 0, .. }), "a completed init container is not rerun");
+        assert!(restore(&done, false, "OnFailure", fresh()).done);
+        assert!(!restore(&done, false, "Always", fresh()).done, "Always restarts even a completed container");
+        let failed = status(json!({"restartCount": 1, "state": {"terminated": {"exitCode": 3}}}));
+        assert!(restore(&failed, false, "Never", fresh()).done);
+        let r = restore(&failed, false, "OnFailure", fresh());
+        assert!(!r.done && matches!(r.last, Some(State::Terminated { code: 3, .. })));
+    }
+
+    #[test]
+    fn waiting_containers_keep_their_history() {
+        let s = status(json!({"restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1}}}));
+        let r = restore(&s, false, "Always", fresh());
+        assert!(!r.done && r.started_once && r.restarts == 4 && r.state == fresh());
+        assert!(matches!(r.last, Some(State::Terminated { code: 1, .. })));
+        let never_ran = restore(&status(json!({"restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}})), false, "Always", fresh());
+        assert!(!never_ran.started_once && never_ran.last.is_none());
     }
 }

@@ -8,7 +8,7 @@
 
 pub mod ipam;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub enum NetError {
     Io { path: PathBuf, reason: String },
     #[error("`ip {args}`: {reason}")]
     Command { args: String, reason: String },
+    #[error("connecting to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
 }
 
 const IP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,7 +119,40 @@ impl NodeNetwork {
             ip(Some(&ns), &["link", "set", "eth0", "up"]).await?;
             ip(Some(&ns), &["route", "replace", "default", "via", &self.cidr.gateway().to_string(), "dev", "eth0"]).await?;
         }
+        // Hairpin (also on veths made before it was set): a pod reaching a Service whose
+        // endpoint is itself gets its packet back out of the port it came in through.
+        ip(self.node(), &["link", "set", &veth, "type", "bridge_slave", "hairpin", "on"]).await?;
         Ok(PodNetwork { netns: ns, netns_path, ip: addr })
+    }
+
+    /// A TCP connection to `addr` from the node's network namespace (where the bridge is, so
+    /// pod IPs are reachable), bounded by `timeout`.
+    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<tokio::net::TcpStream, NetError> {
+        let fail = |reason: String| NetError::Connect { addr, reason };
+        let Some(ns) = &self.node_netns else {
+            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                Ok(r) => r.map_err(|e| fail(e.to_string())),
+                Err(_) => Err(fail(format!("timed out after {timeout:?}"))),
+            };
+        };
+        // setns changes only the calling thread: a short-lived thread of its own connects
+        // there (a socket stays in the namespace it was made in).
+        let path = Path::new("/run/netns").join(ns);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("netns-connect".into())
+            .stack_size(128 << 10)
+            .spawn(move || {
+                let connected = std::fs::File::open(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {}: {e}", path.display())))
+                    .and_then(|()| std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string()));
+                let _ = tx.send(connected);
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        let stream = rx.await.map_err(|_| fail("the connecting thread died".into()))?.map_err(fail)?;
+        stream.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+        tokio::net::TcpStream::from_std(stream).map_err(|e| fail(e.to_string()))
     }
 
     /// Remove pod `uid`'s namespace and veth (idempotent).

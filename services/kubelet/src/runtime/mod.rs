@@ -1,7 +1,8 @@
 //! Containers: overlayfs root filesystems over the image layers, run by youki's libcontainer
-//! in this process (no daemon). The container's init process is a child of this process
-//! (libcontainer clones it as a sibling of its intermediate process), so its exit status is
-//! collected with `waitpid` by a small thread per container.
+//! (no daemon) in a short-lived single-threaded child forked from this process (see
+//! [`forked`]). This process is a child subreaper, so a container's init becomes its child
+//! when that helper exits, and its exit status is collected with `waitpid` by a small
+//! thread per container.
 //!
 //! cgroups: libcontainer (without systemd) creates `<cgroupsPath>` in every v1 hierarchy on a
 //! hybrid host (this development machine: v1 controllers plus an empty cgroup2 at
@@ -13,9 +14,11 @@ pub mod logs;
 pub mod spec;
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -75,8 +78,8 @@ pub struct Runtime {
     /// libcontainer's state directories (`<root>/<id>/state.json`).
     root: PathBuf,
     pub cgroups: CgroupLayout,
-    /// Container creation clones this process; one at a time keeps that simple to reason about.
-    create: Mutex<()>,
+    /// Set (under [`CREATE`]) once closed: nothing is created any more.
+    closed: AtomicBool,
 }
 
 /// Runs the image's program, first restoring the signal dispositions exec does not reset:
@@ -104,6 +107,9 @@ fn restore_signals() {
     }
     let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None);
 }
+
+/// Container creations and execs, one at a time in this process.
+static CREATE: Mutex<()> = Mutex::new(());
 
 /// The pid of the process that runs containers (0: not yet known).
 static RUNTIME_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -146,12 +152,14 @@ fn guard_clone_exits() {
 impl Runtime {
     pub fn new(root: &Path) -> Result<Runtime, RuntimeError> {
         guard_clone_exits();
+        // Container inits are started by a helper that exits: they must come back to us.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| RuntimeError::Io { path: root.to_path_buf(), reason: format!("PR_SET_CHILD_SUBREAPER: {e}") })?;
         std::fs::create_dir_all(root).map_err(|e| RuntimeError::Io { path: root.to_path_buf(), reason: e.to_string() })?;
-        Ok(Runtime { root: root.to_path_buf(), cgroups: CgroupLayout::detect(), create: Mutex::new(()) })
+        Ok(Runtime { root: root.to_path_buf(), cgroups: CgroupLayout::detect(), closed: AtomicBool::new(false) })
     }
 
-    /// Write `config.json` into `bundle`, create and start container `id`; its init's pid.
-    /// Blocking (clones processes): call from a blocking thread.
+    /// Write `config.json` into `bundle`, create and start container `id`; its init's pid
+    /// (a child of this process: see [`forked`]). Blocking: call from a blocking thread.
     pub fn run(&self, id: &str, bundle: &Path, spec: &serde_json::Value, stdout: OwnedFd, stderr: OwnedFd) -> Result<i32, RuntimeError> {
         let err = |reason: String| RuntimeError::Container { id: id.to_string(), reason };
         let spec: Spec = serde_json::from_value(spec.clone()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
@@ -161,32 +169,82 @@ impl Runtime {
         if self.root.join(id).exists() {
             self.delete(id);
         }
+        let builder = self.builder(id, stdout, stderr)?;
+        let _one = self.one_at_a_time(id)?;
+        let started = forked(HelperWaits::No, move || {
+            let mut c = builder.as_init(bundle).with_systemd(false).with_detach(true).build().map_err(|e| format!("create: {e}"))?;
+            c.start().map_err(|e| format!("start: {e}"))?;
+            c.pid().map(|p| p.as_raw()).ok_or_else(|| "no pid after start".to_string())
+        });
+        match started {
+            Ok((pid, _)) => Ok(pid),
+            Err(e) => {
+                self.delete(id);
+                Err(err(e))
+            }
+        }
+    }
+
+    /// Start `args` inside running container `id` as its own process runs (namespaces,
+    /// cgroup, user, capabilities, environment, working directory), through libcontainer's
+    /// tenant support: a clone joins the container's namespaces — after `setns` into its
+    /// mount namespace the root is the container's pivoted root — and its cgroup, then
+    /// execs. Returns the process's pid (to kill it) and the pid of this process's child
+    /// that exits with the process's exit code (128 + signal if killed). Blocking: call
+    /// from a blocking thread.
+    pub fn exec(&self, id: &str, args: &[String], stdout: OwnedFd, stderr: OwnedFd) -> Result<(i32, i32), RuntimeError> {
+        let err = |reason: String| RuntimeError::Container { id: id.to_string(), reason };
+        let c = Container::load(self.root.join(id)).map_err(|e| err(e.to_string()))?;
+        let spec = Spec::load(c.bundle().join("config.json")).map_err(|e| err(format!("config.json: {e}")))?;
+        let process = spec.process().clone().ok_or_else(|| err("config.json has no process".into()))?;
+        let user = process.user().clone();
+        let builder = self.builder(id, stdout, stderr)?;
+        let _one = self.one_at_a_time(id)?;
+        let args = args.to_vec();
+        forked(HelperWaits::Yes, move || {
+            let tenant = builder
+                .as_tenant()
+                .with_container_args(args.clone())
+                .with_cwd(Some(process.cwd()))
+                .with_user(Some(user.uid()))
+                .with_group(Some(user.gid()))
+                .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("exec {args:?}: {e}"))?;
+            Ok(tenant.as_raw())
+        })
+        .map(|(pid, helper)| (pid, helper.as_raw()))
+        .map_err(err)
+    }
+
+    /// A libcontainer builder for `id` (stdin from /dev/null).
+    fn builder(&self, id: &str, stdout: OwnedFd, stderr: OwnedFd) -> Result<ContainerBuilder, RuntimeError> {
+        let err = |reason: String| RuntimeError::Container { id: id.to_string(), reason };
         let stdin = File::open("/dev/null").map_err(|e| err(e.to_string()))?;
-        let _one = self.create.lock().expect("create lock");
-        let _no_spawns = crate::fork::exclusive();
-        let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        Ok(ContainerBuilder::new(id.to_string(), SyscallType::Linux)
             .with_root_path(&self.root)
             .map_err(|e| err(e.to_string()))?
             .with_executor(KubeletExecutor)
             .with_stdin(stdin)
             .with_stdout(stdout)
-            .with_stderr(stderr)
-            .as_init(bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build();
-        let mut c = match built {
-            Ok(c) => c,
-            Err(e) => {
-                self.delete(id);
-                return Err(err(format!("create: {e}")));
-            }
-        };
-        if let Err(e) = c.start() {
-            self.delete(id);
-            return Err(err(format!("start: {e}")));
+            .with_stderr(stderr))
+    }
+
+    /// The creation lock; refused once the runtime is closed.
+    fn one_at_a_time(&self, id: &str) -> Result<MutexGuard<'static, ()>, RuntimeError> {
+        let one = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(RuntimeError::Container { id: id.to_string(), reason: "the runtime is closed".into() });
         }
-        c.pid().map(|p| p.as_raw()).ok_or_else(|| err("no pid after start".into()))
+        Ok(one)
+    }
+
+    /// Create nothing more (waits for a creation under way): a stopped kubelet's workers
+    /// may still be finishing one when the next kubelet starts.
+    pub fn close(&self) {
+        let _one = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+        self.closed.store(true, Ordering::Relaxed);
     }
 
     /// Send `signal` to the container's init (or, `all`, to every process of its cgroup).
@@ -278,6 +336,108 @@ impl Runtime {
             CgroupLayout::Legacy => std::fs::read_dir(CGROUP_ROOT).map(|rd| rd.flatten().map(|e| e.path().join(rel)).collect()).unwrap_or_default(),
         };
         candidates.into_iter().filter(|p| p.is_dir()).collect()
+    }
+}
+
+/// Whether the helper of [`forked`] stays until the process it started ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HelperWaits {
+    /// The helper exits at once (the process, reparented to this subreaper, is waited here).
+    No,
+    /// The helper waits for the process and exits with its exit code (128 + signal).
+    Yes,
+}
+
+/// How long a helper may take to report what it started.
+const HELPER_REPORT: Duration = Duration::from_secs(60);
+
+/// Run `start` (libcontainer, which returns the pid it started) in a child forked from this
+/// thread. libcontainer clones the calling process with a raw `clone`: from this
+/// multi-threaded process such a clone inherits every allocator lock another thread holds
+/// at that instant and can hang for ever (it did, under exec probes every second). glibc's
+/// `fork` leaves the child's allocator usable, and the child has one thread, so the clones
+/// libcontainer makes from it are safe. It also keeps libcontainer's `chdir`s (around its
+/// notify sockets) out of this process. The child reports the pid through a pipe; returns
+/// it and the helper's pid (already reaped unless `waits`).
+#[allow(unsafe_code)]
+fn forked(waits: HelperWaits, start: impl FnOnce() -> Result<i32, String>) -> Result<(i32, Pid), String> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // No command is being spawned while we fork: std holds its environment lock while it
+    // spawns, and the helper's libcontainer sets the environment.
+    let no_spawns = crate::fork::exclusive();
+    // SAFETY: the child runs libcontainer (the allocator is consistent after glibc's fork;
+    // tracing is switched off in it, since another thread may have held a subscriber's lock)
+    // and leaves with `_exit`; it never returns into this process's code.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(r);
+            let _quiet = tracing::dispatcher::set_default(&tracing::Dispatch::none());
+            let started = start();
+            let report = match &started {
+                Ok(pid) => format!("ok {pid}\n"),
+                Err(e) => format!("err {}\n", e.replace('\n', " ")),
+            };
+            let _ = nix::unistd::write(&w, report.as_bytes());
+            drop(w);
+            let code = match started {
+                Ok(pid) if waits == HelperWaits::Yes => loop {
+                    match waitpid(Pid::from_raw(pid), None) {
+                        Ok(WaitStatus::Exited(_, code)) => break code,
+                        Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                        Err(_) => break 255,
+                    }
+                },
+                Ok(_) => 0,
+                Err(_) => 1,
+            };
+            // SAFETY: ends the child without running this process's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(no_spawns);
+            drop(start);
+            drop(w);
+            let report = read_report(r);
+            if report.is_err() || waits == HelperWaits::No {
+                if report.is_err() {
+                    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                }
+                let _ = waitpid(child, None);
+            }
+            report.map(|pid| (pid, child))
+        }
+    }
+}
+
+/// The helper's one line: `ok <pid>` or `err <message>`, within [`HELPER_REPORT`].
+fn read_report(r: OwnedFd) -> Result<i32, String> {
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + HELPER_REPORT;
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [nix::poll::PollFd::new(r.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX)) {
+            Ok(0) => return Err(format!("no answer from the runtime helper in {HELPER_REPORT:?}")),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        let mut buf = [0u8; 512];
+        match nix::unistd::read(r.as_fd().as_raw_fd(), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
+    match line.trim_end().split_once(' ') {
+        Some(("ok", pid)) => pid.parse().map_err(|_| format!("runtime helper: {line:?}")),
+        Some(("err", e)) => Err(e.to_string()),
+        _ => Err(format!("the runtime helper died: {line:?}")),
     }
 }
 

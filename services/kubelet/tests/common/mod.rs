@@ -346,14 +346,19 @@ impl Node {
     pub async fn wait_pod(&self, name: &str, timeout: Duration, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
+        let mut error = String::new();
         loop {
-            if let Ok(Some(p)) = self.pods().get_opt(name).await {
-                last = serde_json::to_value(&p).unwrap();
-                if ok(&last) {
-                    return last;
+            match self.pods().get_opt(name).await {
+                Ok(Some(p)) => {
+                    last = serde_json::to_value(&p).unwrap();
+                    if ok(&last) {
+                        return last;
+                    }
                 }
+                Ok(None) => error = "not found".into(),
+                Err(e) => error = e.to_string(),
             }
-            assert!(Instant::now() < deadline, "pod {name}: timed out waiting for {what}; last seen:\n{}", serde_json::to_string_pretty(&last["status"]).unwrap());
+            assert!(Instant::now() < deadline, "pod {name}: timed out waiting for {what}; last error {error:?}; last seen:\n{}", serde_json::to_string_pretty(&last["status"]).unwrap());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -365,6 +370,12 @@ impl Node {
             assert!(Instant::now() < deadline, "pod {name} was not deleted");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Delete pod `name` (its own grace period) and wait until it is gone.
+    pub async fn delete_pod(&self, name: &str) {
+        self.pods().delete(name, &kube::api::DeleteParams::default()).await.expect("delete pod");
+        self.wait_gone(name, Duration::from_secs(40)).await;
     }
 
     /// A container's log through the kubelet's HTTPS endpoint.
@@ -403,6 +414,54 @@ impl Node {
             let _ = std::fs::remove_dir(h.join(cg.trim_start_matches('/')));
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(cg.trim_start_matches('/')));
+    }
+}
+
+/// A test that fails leaves no containers, mounts or pod namespaces behind: kill what runs
+/// in the kubelet's cgroups, delete the namespaces of its pods, unmount below the state
+/// directory.
+/// After a clean `shutdown` there is nothing left to do.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let parent = self.cfg.cgroup_parent.trim_start_matches('/').to_string();
+        let mut cgroups: Vec<PathBuf> = Vec::new();
+        for h in std::fs::read_dir("/sys/fs/cgroup").map(|r| r.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default() {
+            collect_dirs(&h.join(&parent), &mut cgroups);
+        }
+        for d in &cgroups {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let mut mounts = mounts_below(&self.state_dir);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        // Only this node's pods: every kubelet of this test process shares the prefix.
+        for e in std::fs::read_dir(self.state_dir.join("pods")).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            let (netns, _) = kapp_kubelet::net::names(&self.cfg.netns_prefix, &e.file_name().to_string_lossy());
+            if Path::new("/run/netns").join(&netns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+            }
+        }
+        // Deepest first; a cgroup whose processes are still dying may stay.
+        cgroups.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+        for d in cgroups {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_path_buf());
+    for e in std::fs::read_dir(dir).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_dirs(&e.path(), out);
+        }
     }
 }
 
