@@ -16,7 +16,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/app").canonicalize().expect("examples/app exists");
+    // The manifest directory of this build, not of the one that compiled this script: a
+    // shared target directory reuses the script for every checkout.
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest.join("../../examples/app").canonicalize().expect("examples/app exists");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     walk(&root, &mut files);
