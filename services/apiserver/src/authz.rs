@@ -1,8 +1,8 @@
 //! Who may do what, from the client certificate's groups (its O entries): writers (gitops,
 //! controllers, scheduler) may write everything; a node (group `kapp:nodes`, common name
-//! `system:node:<name>`) reads everything and writes only its own Node, its Lease in
-//! `kube-node-lease`, and the status (and final deletion) of pods bound to it; viewers only
-//! read, and never see Secret data.
+//! `system:node:<name>`) reads everything but the logs of other nodes' pods, and writes only
+//! its own Node, its Lease in `kube-node-lease`, and the status (and final deletion) of pods
+//! bound to it; viewers only read (pod logs included), and never see Secret data.
 
 use kapp_tls::Identity;
 

@@ -4,15 +4,17 @@
 //! Served today: discovery (`/version`, `/api`, `/apis`, resource lists), and for every kind
 //! in `kapp_api::RESOURCES`: get, list (label/field selectors, limit/continue), watch
 //! (resourceVersion, 410 when compacted, timeoutSeconds), create (422 on invalid objects,
-//! 409 if it exists), update (409 on a stale resourceVersion), delete. Authentication by
-//! client certificate, coarse authorisation by group (see `authz`). Objects are stored as
-//! JSON; `resourceVersion` is the store's `mod_revision`.
+//! 409 if it exists), update (409 on a stale resourceVersion), delete; `pods/log` streamed
+//! from the pod's kubelet (see `podlog`). Authentication by client certificate, coarse
+//! authorisation by group (see `authz`). Objects are stored as JSON; `resourceVersion` is
+//! the store's `mod_revision`.
 
 mod alloc;
 mod apply;
 mod authz;
 mod codec;
 mod heads;
+mod podlog;
 use kapp_api::patch;
 mod util;
 
@@ -82,6 +84,7 @@ struct Ctx {
     store: StoreClient,
     codec: codec::Codec,
     audit: Option<mpsc::Sender<Vec<u8>>>,
+    kubelets: podlog::Kubelets,
 }
 
 /// Audit lines waiting for the writer at most; requests wait beyond that (never dropped).
@@ -111,7 +114,8 @@ impl ApiServer {
             None => None,
             Some(p) => Some(start_audit(p).map_err(|e| StartError::Audit(p.clone(), e))?),
         };
-        let ctx = Arc::new(Ctx { bookmark_interval: cfg.bookmark_interval, store: cfg.store, codec, audit });
+        let kubelets = podlog::Kubelets::new(cfg.tls, podlog::MAX_LOG_STREAMS);
+        let ctx = Arc::new(Ctx { bookmark_interval: cfg.bookmark_interval, store: cfg.store, codec, audit, kubelets });
         let (stop, rx) = oneshot::channel::<()>();
         let handler = move |req, who| {
             let ctx = ctx.clone();
@@ -265,6 +269,13 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
     if let Route::Object(t) = &r {
         if t.sub.as_deref() == Some("apply") && !who.organizations.iter().any(|o| o == authz::GITOPS) {
             return fail(403, "Forbidden", &format!("user {:?} may not apply commits: only {} does", who.common_name, authz::GITOPS));
+        }
+        // Logs come from the kubelet, not the store; whoever reads pods reads them (a node
+        // only those of its own pods).
+        if let (Some(name), Some("log")) = (&t.name, t.sub.as_deref()) {
+            if parts.method == Method::GET && t.res.has(kapp_api::Subresource::Log) {
+                return podlog::serve(&ctx, t, name, &query, &who.common_name, authz::node_name(&who)).await;
+            }
         }
     }
     match r {

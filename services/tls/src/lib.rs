@@ -6,7 +6,8 @@
 //! * [`pki`]: a small CA that issues ECDSA P-256 leaf certificates (bootstrap and tests);
 //! * [`Pem`]: the PEM material of one identity (CA to trust, certificate chain, private key);
 //! * [`server_config`] / [`client_config`]: rustls configurations built with the `ring` provider
-//!   (never the process-global default), ALPN `h2`;
+//!   (never the process-global default), ALPN `h2`; [`client_config_for_peer`] accepts a server
+//!   by the identity in its certificate (CN + O's) rather than by its address;
 //! * [`Identity`]: who is on the other end of a connection, from its verified client certificate
 //!   (CN = user, O = groups, as in Kubernetes);
 //! * [`serve`]: an HTTP/2-over-TLS server loop with a connection limit and graceful shutdown;
@@ -16,6 +17,7 @@
 mod body;
 mod client;
 mod der;
+mod peer;
 pub mod pki;
 mod server;
 
@@ -33,6 +35,7 @@ pub use body::{
     boxed, collect_limited, empty, full, stream_body, Body, BodyError,
 };
 pub use client::{H2Client, DEFAULT_CONNECT_TIMEOUT};
+pub use peer::{client_config_for_peer, is_expected_peer, UnexpectedPeer};
 pub use server::{serve, Handler};
 
 /// Errors of this crate.

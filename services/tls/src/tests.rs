@@ -339,6 +339,83 @@ async fn server_certificate_must_name_the_address() {
     server.stop().await;
 }
 
+fn node_identity(name: &str) -> Identity {
+    Identity {
+        common_name: format!("system:node:{name}"),
+        organizations: vec!["kapp:nodes".into()],
+    }
+}
+
+/// Reaches `server` as `pem`, accepting only a server that is `expected`.
+fn peer_client(server: &Server, pem: &Pem, expected: &Identity) -> H2Client {
+    H2Client::new(
+        server.addr.to_string(),
+        client_config_for_peer(pem, expected).unwrap(),
+    )
+}
+
+/// The message of a refused handshake.
+async fn refusal(client: &H2Client) -> String {
+    match ask(client).await {
+        Err(e @ TlsError::Handshake { .. }) => e.to_string(),
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn peer_config_accepts_a_server_by_its_identity_whatever_its_address() {
+    let f = fixture();
+    // A node certificate naming no address at all.
+    let node = f.ca.issue("system:node:a", &["kapp:nodes"], &[]).unwrap();
+    let server = Server::start(&node, ClientAuth::Required, 16).await;
+    // The address check refuses it; the identity check accepts it, presenting alice.
+    assert!(refusal(&client_for(&server, &f.alice)).await.contains("not valid for"));
+    assert_eq!(
+        ask(&peer_client(&server, &f.alice, &node_identity("a")))
+            .await
+            .unwrap(),
+        "alice"
+    );
+    // Another node's name, or a group the certificate lacks: refused, saying who answered.
+    let mut admin_a = node_identity("a");
+    admin_a.organizations.push("kapp:admins".into());
+    for wrong in [node_identity("b"), admin_a] {
+        let message = refusal(&peer_client(&server, &f.alice, &wrong)).await;
+        assert!(
+            message.contains(r#"the server is "system:node:a" in ["kapp:nodes"]"#),
+            "{message}"
+        );
+    }
+    assert_eq!(server.requests(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn peer_config_still_demands_the_cluster_ca_and_a_valid_certificate() {
+    let f = fixture();
+    // The right name from another CA (the server itself trusts our CA, so only the
+    // client's check can refuse it).
+    let other = Ca::generate("other").unwrap();
+    let forged = Pem {
+        ca: f.ca.cert_pem(),
+        ..other.issue("system:node:a", &["kapp:nodes"], &[]).unwrap()
+    };
+    let server = Server::start(&forged, ClientAuth::Required, 16).await;
+    let message = refusal(&peer_client(&server, &f.alice, &node_identity("a"))).await;
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    server.stop().await;
+    // The right name, expired.
+    let expired =
+        f.ca.issue_with_validity("system:node:a", &["kapp:nodes"], &[], Duration::from_secs(1))
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let server = Server::start(&expired, ClientAuth::Required, 16).await;
+    let message = refusal(&peer_client(&server, &f.alice, &node_identity("a"))).await;
+    assert!(message.contains("expired"), "{message}");
+    assert_eq!(server.requests(), 0);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn client_reconnects_after_server_restart() {
     let f = fixture();
