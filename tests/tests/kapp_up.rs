@@ -243,6 +243,16 @@ async fn scenario(p: &Paths, logs: &Path) -> Result<()> {
     assert!(!cronjobs.list(&ListParams::default()).await?.items.is_empty(), "the example's CronJob is there");
     let (code, _) = kappctl_status(p)?;
     assert_eq!(code, 0, "kappctl status: healthy");
+    // The Job's output, read as a user would: kappctl → apiserver (pods/log) → kubelet.
+    let smoke = Api::<Pod>::namespaced(client.clone(), NS).list(&ListParams::default().labels("job-name=smoke")).await?;
+    let smoke_pod = smoke.items.first().and_then(|p| p.metadata.name.clone()).context("the smoke pod")?;
+    let out = Command::new(kapp_bin().with_file_name("kappctl"))
+        .arg("--kubeconfig")
+        .arg(p.state.join("viewer.kubeconfig"))
+        .args(["logs", "-n", NS, &smoke_pod])
+        .output()?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("smoke: ok"), "kappctl logs {smoke_pod}: {printed} {}", String::from_utf8_lossy(&out.stderr));
     // Nobody but gitops writes the example, so gitops never has drift to revert (controllers'
     // own annotations are not drift).
     let events = Api::<k8s_openapi::api::core::v1::Event>::all(client.clone()).list(&ListParams::default()).await?;
