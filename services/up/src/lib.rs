@@ -214,15 +214,32 @@ fn report_services(states: &BTreeMap<String, ServiceState>, seen: &mut BTreeMap<
     }
 }
 
-/// Resident memory of a process, bytes.
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+/// A `<key>: <n> kB` line of a /proc file, in bytes.
+fn proc_kb(text: &str, key: &str) -> Option<u64> {
+    let kb: u64 = text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
 }
 
+/// Memory of a process, bytes: resident (RSS) and proportional (PSS: pages shared with other
+/// processes — the one `kapp` binary's code above all — counted as their share).
+fn memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    Some((proc_kb(&status, "VmRSS")?, proc_kb(&rollup, "Pss")?))
+}
+
+/// The Jobs that have not finished yet (`namespace/name`): the example's smoke Job proves
+/// DNS and the Service proxy, so `kapp up` waits for it.
+fn unfinished_jobs(raw: &kappctl::view::Raw) -> Vec<String> {
+    let finished = |job: &serde_json::Value| {
+        job["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"))
+    };
+    let name = |job: &serde_json::Value| format!("{}/{}", job["metadata"]["namespace"].as_str().unwrap_or(""), job["metadata"]["name"].as_str().unwrap_or(""));
+    raw.jobs.iter().flatten().filter(|j| !finished(j)).map(name).collect()
+}
+
 /// Whether the cluster is where `kapp up` calls it ready: healthy, a node Ready, a commit
-/// applied, and every running pod's containers started by this run (`since`, RFC 3339) —
+/// applied, every Job finished, and every running pod's containers started by this run (`since`, RFC 3339) —
 /// after a restart the store still says Ready about pods the kubelet has yet to start again.
 fn converged(raw: &kappctl::view::Raw, view: &kappctl::view::ClusterView, since: &str) -> bool {
     let fresh = |pod: &serde_json::Value| {
@@ -234,6 +251,7 @@ fn converged(raw: &kappctl::view::Raw, view: &kappctl::view::ClusterView, since:
         && view.nodes.items.iter().all(|n| n.healthy)
         && view.gitops.items.iter().any(|g| g.applied.is_some())
         && raw.pods.as_ref().is_some_and(|pods| pods.iter().all(fresh))
+        && unfinished_jobs(raw).is_empty()
 }
 
 /// How waiting for the cluster ended: whether it converged, and the last view of it (none
@@ -270,6 +288,10 @@ async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, sta
                     if view.gitops.items.iter().all(|g| g.applied.is_none()) {
                         r.push("gitops has applied no commit yet".into());
                     }
+                    let jobs = unfinished_jobs(&raw);
+                    if !jobs.is_empty() {
+                        r.push(format!("job {} not finished", jobs.join(", ")));
+                    }
                     last_view = Some(view);
                     r.join("; ")
                 }
@@ -289,19 +311,28 @@ async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, sta
 }
 
 fn print_memory(states: &BTreeMap<String, ServiceState>) {
+    let mb = |b: u64| b as f64 / 1e6;
     let mut parts = Vec::new();
-    let mut head = 0;
+    let (mut head_rss, mut head_pss, mut all_pss) = (0, 0, 0);
     for (name, st) in states {
         if let ServiceState::Ready { pid } | ServiceState::Starting { pid } = st {
-            if let Some(b) = rss(*pid) {
-                parts.push(format!("{name} {:.0} MB", b as f64 / 1e6));
+            if let Some((rss, pss)) = memory(*pid) {
+                parts.push(format!("{name} {:.0}/{:.0}", mb(rss), mb(pss)));
+                all_pss += pss;
                 if ["store", "apiserver", "scheduler", "controllers", "gitops"].contains(&name.as_str()) {
-                    head += b;
+                    head_rss += rss;
+                    head_pss += pss;
                 }
             }
         }
     }
-    say(&format!("memory (RSS): {}; head stack {:.0} MB", parts.join(", "), head as f64 / 1e6));
+    say(&format!(
+        "memory (RSS/PSS MB): {}; head stack RSS {:.0} MB, PSS {:.0} MB; every service PSS {:.0} MB",
+        parts.join(", "),
+        mb(head_rss),
+        mb(head_pss),
+        mb(all_pss)
+    ));
 }
 
 async fn wait_for_signal() {
@@ -423,4 +454,32 @@ pub async fn down(cfg: &UpConfig, purge: bool) -> Result<(), UpError> {
         say(&format!("removed {}", layout.root.display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_lines_in_bytes() {
+        let text = "Name:\tkapp\nVmRSS:\t   31744 kB\nRss:  10 kB\nPss:   12288 kB\n";
+        assert_eq!(proc_kb(text, "VmRSS"), Some(31744 * 1024));
+        assert_eq!(proc_kb(text, "Pss"), Some(12288 * 1024));
+        assert_eq!(proc_kb(text, "Pss_Anon"), None);
+    }
+
+    #[test]
+    fn jobs_without_a_final_condition_are_unfinished() {
+        let job = |name: &str, conditions: serde_json::Value| serde_json::json!({"metadata": {"namespace": "shop", "name": name}, "status": {"conditions": conditions}});
+        let raw = kappctl::view::Raw {
+            jobs: Some(vec![
+                job("done", serde_json::json!([{"type": "Complete", "status": "True"}])),
+                job("broken", serde_json::json!([{"type": "Failed", "status": "True"}])),
+                job("running", serde_json::json!([])),
+                job("suspended", serde_json::json!([{"type": "Complete", "status": "False"}, {"type": "Suspended", "status": "True"}])),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(unfinished_jobs(&raw), ["shop/running", "shop/suspended"]);
+    }
 }
