@@ -238,20 +238,39 @@ fn unfinished_jobs(raw: &kappctl::view::Raw) -> Vec<String> {
     raw.jobs.iter().flatten().filter(|j| !finished(j)).map(name).collect()
 }
 
-/// Whether the cluster is where `kapp up` calls it ready: healthy, a node Ready, a commit
-/// applied, every Job finished, and every running pod's containers started by this run (`since`, RFC 3339) —
-/// after a restart the store still says Ready about pods the kubelet has yet to start again.
-fn converged(raw: &kappctl::view::Raw, view: &kappctl::view::ClusterView, since: &str) -> bool {
-    let fresh = |pod: &serde_json::Value| {
-        pod["status"]["phase"] != "Running"
-            || pod["status"]["containerStatuses"].as_array().is_some_and(|cs| cs.iter().all(|c| c["state"]["running"]["startedAt"].as_str().is_some_and(|t| t >= since)))
+/// Why the cluster is not yet where `kapp up` calls it ready (nothing: it is): healthy, a node
+/// Ready, a commit applied, every Job finished, and every running pod's containers started by
+/// this run (`since`, RFC 3339) — after a restart the store still says Ready about pods the
+/// kubelet has yet to start again.
+fn not_converged(raw: &kappctl::view::Raw, view: &kappctl::view::ClusterView, since: &str) -> Vec<String> {
+    let stale = |pod: &&serde_json::Value| {
+        pod["status"]["phase"] == "Running"
+            && !pod["status"]["containerStatuses"].as_array().is_some_and(|cs| cs.iter().all(|c| c["state"]["running"]["startedAt"].as_str().is_some_and(|t| t >= since)))
     };
-    view.health.verdict == kappctl::view::Verdict::Healthy
-        && !view.nodes.items.is_empty()
-        && view.nodes.items.iter().all(|n| n.healthy)
-        && view.gitops.items.iter().any(|g| g.applied.is_some())
-        && raw.pods.as_ref().is_some_and(|pods| pods.iter().all(fresh))
-        && unfinished_jobs(raw).is_empty()
+    let mut why = view.health.reasons.clone();
+    if view.health.verdict != kappctl::view::Verdict::Healthy && why.is_empty() {
+        why.push("the cluster is not healthy".into());
+    }
+    if view.nodes.items.is_empty() {
+        why.push("no node has registered".into());
+    }
+    if view.gitops.items.iter().all(|g| g.applied.is_none()) {
+        why.push("gitops has applied no commit yet".into());
+    }
+    match &raw.pods {
+        None => why.push("pods not read yet".into()),
+        Some(pods) => {
+            let stale: Vec<_> = pods.iter().filter(stale).map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string()).collect();
+            if !stale.is_empty() {
+                why.push(format!("pods not yet restarted by this run: {}", stale.join(", ")));
+            }
+        }
+    }
+    let jobs = unfinished_jobs(raw);
+    if !jobs.is_empty() {
+        why.push(format!("job {} not finished", jobs.join(", ")));
+    }
+    why
 }
 
 /// How waiting for the cluster ended: whether it converged, and the last view of it (none
@@ -279,18 +298,11 @@ async fn wait_for_cluster(cfg: &UpConfig, layout: &Layout, sup: &Supervisor, sta
             let reasons = match kappctl::gather::gather(c, "kapp-up").await {
                 Ok(raw) => {
                     let view = kappctl::view::build(&raw);
-                    if converged(&raw, &view, &since) {
+                    let r = not_converged(&raw, &view, &since);
+                    if r.is_empty() {
                         let t = started.elapsed().as_secs_f64();
                         say(&format!("[{t:6.1}s] cluster      ready: kapp up converged in {t:.1}s"));
                         return Ok(Waited { converged: true, view: Some(view) });
-                    }
-                    let mut r = view.health.reasons.clone();
-                    if view.gitops.items.iter().all(|g| g.applied.is_none()) {
-                        r.push("gitops has applied no commit yet".into());
-                    }
-                    let jobs = unfinished_jobs(&raw);
-                    if !jobs.is_empty() {
-                        r.push(format!("job {} not finished", jobs.join(", ")));
                     }
                     last_view = Some(view);
                     r.join("; ")
