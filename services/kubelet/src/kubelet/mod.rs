@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::image::{ImageStore, RegistryOptions};
 use crate::net::ipam::{Cidr, Ipam};
+use crate::net::routes::{self, PodRoutes};
 use crate::net::NodeNetwork;
 use crate::runtime::Runtime;
 use plan::Backoff;
@@ -84,6 +85,8 @@ pub struct Config {
     pub log_max_bytes: u64,
     pub pids_limit: i64,
     pub heartbeat: Duration,
+    /// How often the routes to other nodes' pods are checked and repaired without a change.
+    pub route_resync: Duration,
 }
 
 impl Config {
@@ -111,6 +114,7 @@ impl Config {
             log_max_bytes: 10 << 20,
             pids_limit: 4096,
             heartbeat: Duration::from_secs(10),
+            route_resync: Duration::from_secs(30),
         }
     }
 }
@@ -200,7 +204,11 @@ impl Kubelet {
         });
         register(&shared).await?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = vec![tokio::spawn(heartbeat(shared.clone(), stop_rx.clone())), tokio::spawn(watch_pods(shared.clone(), writer, stop_rx.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(heartbeat(shared.clone(), stop_rx.clone())),
+            tokio::spawn(watch_pods(shared.clone(), writer, stop_rx.clone())),
+            tokio::spawn(follow_node_routes(shared.clone(), stop_rx.clone())),
+        ];
         let mut logs_addr = None;
         if let Some(addr) = shared.cfg.listen {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| KubeletError::Server(format!("bind {addr}: {e}")))?;
@@ -234,6 +242,9 @@ impl Kubelet {
         let shared = self.shared.clone();
         self.shutdown().await;
         clean_node(&shared, &HashSet::new()).await;
+        if let Err(e) = PodRoutes::new(shared.cfg.node_netns.clone()).sync(&Default::default()).await {
+            tracing::warn!(error = %e, "removing the routes to other nodes' pods");
+        }
     }
 
     /// The kubelet's pod cgroup (relative), for tests and diagnostics.
@@ -392,6 +403,53 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<b
 }
 
 /// Watch this node's pods into the cache and wake their workers.
+/// Keep the routes to other nodes' pods (host-gw, `net::routes`) in step with the Nodes: at
+/// once when what they call for changes, and every `route_resync` whatever happened, which
+/// repairs routes someone else changed.
+async fn follow_node_routes(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let routes = PodRoutes::new(shared.cfg.node_netns.clone());
+    let (nodes, writer) = reflector::store::<Node>();
+    let stream = reflector::reflector(writer, watcher(Api::<Node>::all(shared.client.clone()), watcher::Config::default()));
+    tokio::pin!(stream);
+    let mut resync = tokio::time::interval(shared.cfg.route_resync);
+    let (mut listed, mut last) = (false, None);
+    loop {
+        let forced = tokio::select! {
+            ev = stream.next() => match ev {
+                None => return,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "node watch");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    listed = true;
+                    false
+                }
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => false,
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
+            },
+            _ = resync.tick() => true,
+            _ = stop.changed() => return,
+        };
+        if !listed {
+            continue;
+        }
+        let all: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
+        let want = routes::desired(&all, &shared.cfg.node_name, shared.net.cidr);
+        if !forced && last.as_ref() == Some(&want) {
+            continue;
+        }
+        match routes.sync(&want).await {
+            Ok(()) => last = Some(want),
+            Err(e) => {
+                tracing::warn!(error = %e, "routes to other nodes' pods");
+                last = None;
+            }
+        }
+    }
+}
+
 async fn watch_pods(shared: Arc<Shared>, writer: reflector::store::Writer<Pod>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let api: Api<Pod> = Api::all(shared.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.cfg.node_name));

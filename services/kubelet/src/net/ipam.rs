@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::NetError;
 
 /// An IPv4 CIDR.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Cidr {
     pub addr: Ipv4Addr,
     pub prefix: u8,
@@ -46,6 +46,12 @@ impl Cidr {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let mask = u32::MAX << (32 - self.prefix);
         u32::from(ip) & mask == self.network()
+    }
+
+    /// Whether the two share an address: the wider one holds the other's network address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let (wide, narrow) = if self.prefix <= other.prefix { (self, other) } else { (other, self) };
+        wide.contains(narrow.addr)
     }
 }
 

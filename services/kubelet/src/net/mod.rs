@@ -7,6 +7,7 @@
 //! create). Everything is done with `ip` (iproute2), each command bounded by a timeout.
 
 pub mod ipam;
+pub mod routes;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
