@@ -2,6 +2,7 @@
 //! where objects live in the store (`keys`), and what makes an object valid (`validation`,
 //! `schema`). The apiserver builds on this; so will gitops' pre-apply validation.
 
+pub mod defaults;
 pub mod groups;
 pub mod heads;
 pub mod kapp;

@@ -602,6 +602,7 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     }
     generate_name(&mut obj);
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    kapp_api::defaults::apply(t.res, &mut obj);
     if let Err(errors) = validate(t.res, &obj) {
         return invalid(t, &name, errors);
     }
@@ -727,6 +728,7 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
         if obj["metadata"]["name"].as_str() != Some(name) {
             return fail(400, "BadRequest", &format!("the name of the object does not match the name on the URL ({name})"));
         }
+        kapp_api::defaults::apply(t.res, &mut obj);
         if let Err(errors) = validate(t.res, &obj) {
             return invalid(t, name, errors);
         }
