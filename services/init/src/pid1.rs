@@ -25,6 +25,7 @@ pub mod disk;
 pub mod modules;
 pub mod mounts;
 pub mod net;
+pub mod sntp;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -51,6 +52,11 @@ pub struct Options {
     pub sysctls: Vec<(String, String)>,
     /// The GPT partition label of the state partition.
     pub state_label: String,
+    /// Set the system clock from NTP (false: only ask, for tests).
+    pub set_clock: bool,
+    /// Each service runs in the cgroup2 group `<root>/sys/fs/cgroup/<cgroup>/<service>`
+    /// (when cgroup2 is mounted there).
+    pub cgroup: Option<String>,
 }
 
 impl Options {
@@ -67,6 +73,8 @@ impl Options {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             state_label: disk::STATE_LABEL.into(),
+            set_clock: true,
+            cgroup: Some("kapp".into()),
         }
     }
 }
@@ -95,6 +103,8 @@ pub struct NodePlan {
     pub role: String,
     pub hostname: String,
     pub net: net::NetPlan,
+    /// NTP servers; the clock is set from the first that answers.
+    pub ntp: Vec<String>,
     /// Files written under [`Paths::state`] before the services start: relative path,
     /// content, private (0600).
     pub files: Vec<(PathBuf, Vec<u8>, bool)>,
@@ -147,6 +157,11 @@ pub enum Ending {
 /// field that is wrong). Returns (when `opts.reboot` is false, or when not PID 1) the exit
 /// code; as PID 1 with `reboot` it does not return.
 pub fn run(opts: Options, plan: impl Fn(&str, &Paths) -> Result<NodePlan, PlanError>) -> i32 {
+    // The kernel starts init without PATH; services run `nft`, `ip`, `mkfs` by name. Set
+    // while this process has one thread.
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| boot(&opts, &plan)));
     let ending = match result {
         Ok(Ok(e)) => Some(e),
@@ -338,13 +353,21 @@ async fn node(opts: &Options, plan: &dyn Fn(&str, &Paths) -> Result<NodePlan, Pl
     if let Err(e) = nix::unistd::sethostname(&plan.hostname) {
         say(&format!("hostname {}: {e}", plan.hostname));
     }
-    match net::configure(&plan.net, &opts.root.join("sys")) {
+    let (net_plan, sys) = (plan.net.clone(), opts.root.join("sys"));
+    let configured = tokio::task::spawn_blocking(move || net::configure(&net_plan, &sys)).await.unwrap_or_else(|e| Err(net::NetError::Socket(std::io::Error::other(e.to_string()))));
+    match configured {
         Ok(Some(i)) => say(&format!("network {i}: {}", plan.net.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", "))),
         Ok(None) => say("network: no static address"),
         Err(e) => say(&format!("network: {e}")),
     }
     if let Err(e) = net::write_resolv_conf(&opts.root.join("run"), &plan.net.dns) {
         say(&format!("resolv.conf: {e}"));
+    }
+    if !plan.ntp.is_empty() {
+        let servers = plan.ntp.clone();
+        let set = opts.set_clock;
+        let line = tokio::task::spawn_blocking(move || sync_clock(&servers, set)).await.unwrap_or_else(|e| e.to_string());
+        say(&line);
     }
     match disk::prepare_state(&opts.root, &opts.state_label) {
         Ok(disk::State::NoPartition) => say(&format!("no partition labelled {}: state stays on the root filesystem's /var", opts.state_label)),
@@ -355,7 +378,9 @@ async fn node(opts: &Options, plan: &dyn Fn(&str, &Paths) -> Result<NodePlan, Pl
         say(&format!("node files: {e}"));
     }
     reaper.shutdown().await;
-    let policy = Policy { log_dir: Some(paths.logs.clone()), echo: false, ..Policy::default() };
+    let cgroup2 = opts.root.join("sys/fs/cgroup");
+    let cgroup = opts.cgroup.as_ref().filter(|_| cgroup2.join("cgroup.controllers").exists()).map(|c| cgroup2.join(c));
+    let policy = Policy { log_dir: Some(paths.logs.clone()), echo: false, cgroup: cgroup.clone(), ..Policy::default() };
     let sup = match Supervisor::start(plan.services.clone(), policy) {
         Ok(s) => s,
         Err(e) => {
@@ -380,6 +405,13 @@ async fn node(opts: &Options, plan: &dyn Fn(&str, &Paths) -> Result<NodePlan, Pl
     }
     announce_stops(&states.borrow(), &mut seen);
     say("services stopped");
+    if let Some(dir) = &cgroup {
+        // Empty now; a group something else still uses stays.
+        for s in &plan.services {
+            let _ = std::fs::remove_dir(dir.join(&s.name));
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(ending)
 }
 
@@ -427,6 +459,24 @@ async fn report(sup: &Supervisor, node: &str) {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Ask each server in turn (3 s each); set the clock from the first answer. The console line.
+fn sync_clock(servers: &[String], set: bool) -> String {
+    let mut errors = Vec::new();
+    for s in servers {
+        match sntp::query(s, Duration::from_secs(3)) {
+            Ok(t) if set => {
+                return match sntp::set_clock(t) {
+                    Ok(()) => format!("clock set from {s}"),
+                    Err(e) => format!("clock: {e}"),
+                }
+            }
+            Ok(t) => return format!("clock from {s}: {}s since 1970 (not set)", t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    format!("clock not set: {}", errors.join("; "))
 }
 
 fn write_files(paths: &Paths, files: &[(PathBuf, Vec<u8>, bool)]) -> Result<(), String> {

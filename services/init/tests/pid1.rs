@@ -48,6 +48,7 @@ fn plan(text: &str, paths: &Paths) -> Result<NodePlan, PlanError> {
         role: "head".into(),
         hostname: "pid1-test".into(),
         net: NetPlan { interface: Some("eth0".into()), addresses: vec![(Ipv4Addr::new(10, 77, 0, 11), 24)], gateway: Some(Ipv4Addr::new(10, 77, 0, 1)), local: vec![Ipv4Addr::new(10, 96, 0, 10)], dns: vec![Ipv4Addr::new(10, 77, 0, 1)] },
+        ntp: vec![],
         files: vec![(PathBuf::from("pki/secret"), b"s3cret".to_vec(), true)],
         services,
     })
@@ -70,6 +71,8 @@ fn child() {
         modules: vec![],
         sysctls: vec![("net/ipv4/ip_forward".into(), "1".into())],
         state_label: "kapp-state-test-none".into(),
+        set_clock: false,
+        cgroup: Some(format!("kapp-pid1-test-{}", std::env::var("KAPP_PID1_TEST_ID").unwrap_or_default())),
     };
     std::process::exit(pid1::run(opts, plan));
 }
@@ -103,17 +106,32 @@ impl Pid1 {
     fn index(&self, text: &str) -> usize {
         self.seen.iter().position(|l| l.contains(text)).unwrap_or_else(|| panic!("no {text:?} in:\n{}", self.seen.join("\n")))
     }
-    /// The host pid of the namespace's PID 1 (unshare's only child).
+    /// The host pid of the namespace's PID 1 (unshare's only child), waited for.
     fn inner_pid(&self) -> u32 {
-        let pid = self.unshare.id();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-            if let Some(c) = children.split_whitespace().next() {
-                return c.parse().unwrap();
+            if let Some(pid) = self.try_inner_pid() {
+                return pid;
             }
             assert!(Instant::now() < deadline, "unshare has no child");
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    fn try_inner_pid(&self) -> Option<u32> {
+        let pid = self.unshare.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for Pid1 {
+    /// A failed test leaves no namespace behind: killing its PID 1 ends everything in it.
+    fn drop(&mut self) {
+        if self.unshare.try_wait().ok().flatten().is_none() {
+            match self.try_inner_pid() {
+                Some(pid) => drop(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)),
+                None => drop(self.unshare.kill()),
+            }
+            let _ = self.unshare.wait();
         }
     }
 }
@@ -125,6 +143,7 @@ fn run_pid1(root: &Path) -> Pid1 {
         .arg(exe)
         .args(["--exact", "child", "--nocapture", "--test-threads=1"])
         .env(CHILD, root)
+        .env("KAPP_PID1_TEST_ID", std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -154,6 +173,13 @@ fn finish(p: &mut Pid1) -> std::process::ExitStatus {
         assert!(Instant::now() < deadline, "PID 1 did not exit after SIGTERM:\n{}", p.seen.join("\n"));
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether `<cgroup2 root><group>` exists on this host's cgroup2 hierarchy (the one PID 1
+/// mounted is the same hierarchy).
+fn cgroup_mounted_dir_exists(group: &str) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts.lines().filter(|l| l.contains(" - cgroup2 ")).filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&format!("{m}{group}")).exists())
 }
 
 fn sigterm(pid: u32) {
@@ -203,11 +229,20 @@ fn pid1_boots_supervises_reaps_and_stops_in_order() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(root.join("var/lib/kapp/pki/secret")).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(root.join("var/log/kapp/a.log").exists());
+    // Each service in its own cgroup (cgroup2), gone after the stop.
+    let group = format!("/kapp-pid1-test-{}", std::process::id());
+    // Services are children of PID 1's spawner thread.
+    let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().flat_map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default().split_whitespace().map(|c| c.parse().unwrap()).collect::<Vec<u32>>()).collect();
+    let a_pid = *children.iter().find(|c| std::fs::read_to_string(format!("/proc/{c}/cmdline")).unwrap_or_default().contains("echo a up")).expect("service a");
+    let cgroup = std::fs::read_to_string(format!("/proc/{a_pid}/cgroup")).unwrap();
+    assert!(cgroup.lines().any(|l| l == format!("0::{group}/a")), "{cgroup}");
+    assert!(cgroup_mounted_dir_exists(&group), "{group} is on the host's cgroup2 hierarchy");
     // SIGTERM: b stops before a, everything exits, PID 1 too.
     sigterm(pid);
     let st = finish(&mut p);
     assert!(st.success(), "{st}:\n{}", p.seen.join("\n"));
     assert_eq!(std::fs::read_to_string(root.join("var/lib/kapp/stops")).unwrap(), "b\na\n");
+    assert!(!cgroup_mounted_dir_exists(&group), "the services' cgroups are removed");
     assert!(p.index("kapp-init: stopping (SIGTERM: power off)") < p.index("kapp-init: services stopped"));
     p.wait_for("kapp-init: stopped (power off skipped", Duration::from_secs(1));
 }

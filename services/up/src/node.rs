@@ -91,6 +91,7 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
             local: vec![dns_ip],
             dns: cfg.network.dns.iter().filter_map(|d| d.parse().ok()).collect(),
         },
+        ntp: cfg.network.ntp.clone(),
         files,
         services,
     }

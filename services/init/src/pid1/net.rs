@@ -170,8 +170,12 @@ pub fn pick_interface(sys: &Path) -> Result<String, NetError> {
     links.iter().find(|l| l.2).or(links.first()).map(|l| l.1.clone()).ok_or_else(|| NetError::NoDevice(dir.display().to_string()))
 }
 
-/// Bring up `lo` (with `plan.local`) and the interface with its addresses and route.
-/// Returns the interface configured (None when the plan has no address).
+/// How long [`configure`] waits for the interface to appear.
+pub const INTERFACE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Bring up `lo` (with `plan.local`) and the interface (waiting up to [`INTERFACE_WAIT`] for
+/// it to appear) with its addresses and route. Returns the interface configured (None when
+/// the plan has no address). Blocking.
 pub fn configure(plan: &NetPlan, sys: &Path) -> Result<Option<String>, NetError> {
     let mut nl = Netlink::open()?;
     let lo = index_of("lo")?;
@@ -182,11 +186,19 @@ pub fn configure(plan: &NetPlan, sys: &Path) -> Result<Option<String>, NetError>
     if plan.addresses.is_empty() {
         return Ok(None);
     }
-    let name = match &plan.interface {
-        Some(n) => n.clone(),
-        None => pick_interface(sys)?,
+    // A NIC's driver may still be probing (modules load asynchronously): wait, bounded.
+    let deadline = std::time::Instant::now() + INTERFACE_WAIT;
+    let (name, index) = loop {
+        let found = match &plan.interface {
+            Some(n) => index_of(n).map(|i| (n.clone(), i)),
+            None => pick_interface(sys).and_then(|n| Ok((n.clone(), index_of(&n)?))),
+        };
+        match found {
+            Ok(f) => break f,
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
     };
-    let index = index_of(&name)?;
     nl.link_up(index, &name)?;
     for (a, p) in &plan.addresses {
         nl.add_address(index, &name, *a, *p)?;
