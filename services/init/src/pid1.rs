@@ -21,6 +21,7 @@
 //! reaping, since the kernel panics when init exits.
 
 pub mod config_source;
+pub mod dhcp;
 pub mod disk;
 pub mod modules;
 pub mod mounts;
@@ -87,11 +88,13 @@ pub struct Paths {
     pub state: PathBuf,
     /// `<root>/var/log/kapp`.
     pub logs: PathBuf,
+    /// The address DHCP gave the node (the plan is made again once it is known).
+    pub leased_address: Option<std::net::Ipv4Addr>,
 }
 
 impl Paths {
     pub fn new(root: &Path) -> Paths {
-        Paths { root: root.to_path_buf(), state: root.join("var/lib/kapp"), logs: root.join("var/log/kapp") }
+        Paths { root: root.to_path_buf(), state: root.join("var/lib/kapp"), logs: root.join("var/log/kapp"), leased_address: None }
     }
 }
 
@@ -309,18 +312,19 @@ impl Signals {
     }
 }
 
-async fn node(opts: &Options, plan: &dyn Fn(&str, &Paths) -> Result<NodePlan, PlanError>) -> Result<Ending, String> {
+async fn node(opts: &Options, plan_fn: &dyn Fn(&str, &Paths) -> Result<NodePlan, PlanError>) -> Result<Ending, String> {
     let mut signals = Signals::new()?;
-    // Reap orphans from the start (an empty supervisor does only that).
+    // Reap orphans from the start (an empty supervisor does only that; it goes before the
+    // services' supervisor starts, so that one collects its services' exits alone).
     let reaper = Supervisor::start(Vec::new(), Policy { echo: false, ..Policy::default() }).map_err(|e| e.to_string())?;
     let paths = Paths::new(&opts.root);
     let mut said_none = false;
-    let plan = loop {
+    let (text, plan) = loop {
         let error = match config_source::find(&opts.root, opts.config.as_ref()) {
-            Ok(Some(found)) => match plan(&found.text, &paths) {
+            Ok(Some(found)) => match plan_fn(&found.text, &paths) {
                 Ok(p) => {
                     say(&format!("machine config {} node {} role {}", found.source, p.node, p.role));
-                    break p;
+                    break (found.text, p);
                 }
                 Err(e) => Some(format!("machine config error: {}: {}", e.field, e.reason)),
             },
@@ -355,9 +359,26 @@ async fn node(opts: &Options, plan: &dyn Fn(&str, &Paths) -> Result<NodePlan, Pl
     }
     let (net_plan, sys) = (plan.net.clone(), opts.root.join("sys"));
     let configured = tokio::task::spawn_blocking(move || net::configure(&net_plan, &sys)).await.unwrap_or_else(|e| Err(net::NetError::Socket(std::io::Error::other(e.to_string()))));
+    let mut plan = plan;
     match configured {
-        Ok(Some(i)) => say(&format!("network {i}: {}", plan.net.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", "))),
-        Ok(None) => say("network: no static address"),
+        Ok(c) => {
+            let addrs = c.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", ");
+            match (&c.interface, &c.lease) {
+                (None, _) => say("network: no static address"),
+                (Some(i), None) => say(&format!("network {i}: {addrs}")),
+                (Some(i), Some(l)) => {
+                    say(&format!("network {i}: {addrs} from DHCP server {} for {}s (not renewed yet)", l.server, l.lease_secs));
+                    // The services need the node's address: plan again with it.
+                    let leased = Paths { leased_address: Some(l.address), ..paths.clone() };
+                    let dns = if plan.net.dns.is_empty() { l.dns.clone() } else { plan.net.dns.clone() };
+                    match plan_fn(&text, &leased) {
+                        Ok(p) => plan = p,
+                        Err(e) => say(&format!("machine config error: {e}")),
+                    }
+                    plan.net.dns = dns;
+                }
+            }
+        }
         Err(e) => say(&format!("network: {e}")),
     }
     if let Err(e) = net::write_resolv_conf(&opts.root.join("run"), &plan.net.dns) {
@@ -385,7 +406,10 @@ async fn node(opts: &Options, plan: &dyn Fn(&str, &Paths) -> Result<NodePlan, Pl
         Ok(s) => s,
         Err(e) => {
             say(&format!("services: {e}"));
-            return Ok(signals.next().await);
+            let reaper = Supervisor::start(Vec::new(), Policy { echo: false, ..Policy::default() }).map_err(|e| e.to_string())?;
+            let ending = signals.next().await;
+            reaper.shutdown().await;
+            return Ok(ending);
         }
     };
     let ending = tokio::select! {

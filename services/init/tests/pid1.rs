@@ -47,7 +47,7 @@ fn plan(text: &str, paths: &Paths) -> Result<NodePlan, PlanError> {
         node: text.trim().strip_prefix("node: ").unwrap_or("x").into(),
         role: "head".into(),
         hostname: "pid1-test".into(),
-        net: NetPlan { interface: Some("eth0".into()), addresses: vec![(Ipv4Addr::new(10, 77, 0, 11), 24)], gateway: Some(Ipv4Addr::new(10, 77, 0, 1)), local: vec![Ipv4Addr::new(10, 96, 0, 10)], dns: vec![Ipv4Addr::new(10, 77, 0, 1)] },
+        net: NetPlan { interface: Some("eth0".into()), addresses: vec![(Ipv4Addr::new(10, 77, 0, 11), 24)], gateway: Some(Ipv4Addr::new(10, 77, 0, 1)), local: vec![Ipv4Addr::new(10, 96, 0, 10)], dns: vec![Ipv4Addr::new(10, 77, 0, 1)], dhcp: false },
         ntp: vec![],
         files: vec![(PathBuf::from("pki/secret"), b"s3cret".to_vec(), true)],
         services,

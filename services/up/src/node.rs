@@ -28,7 +28,7 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
     let layout = Layout::new(&paths.state);
     let addresses: Vec<(Ipv4Addr, u8)> = cfg.network.addresses.iter().filter_map(|a| Cidr::parse(a)).map(|c| (c.addr, c.prefix)).collect();
     let dns_ip: Ipv4Addr = cfg.cluster.dns_address.parse().unwrap_or(Ipv4Addr::new(10, 96, 0, 10));
-    let node_ip = cfg.node_address().unwrap_or(Ipv4Addr::LOCALHOST);
+    let node_ip = cfg.node_address().or(paths.leased_address).unwrap_or(Ipv4Addr::LOCALHOST);
     let head_ips: Vec<(u64, Ipv4Addr)> = cfg.store_members();
     let token_file = cfg.head.as_ref().and_then(|h| h.git.token.as_ref()).map(|_| layout.pki().join("git-token"));
     let head = cfg.head.as_ref().map(|h| {
@@ -90,6 +90,7 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
             gateway: cfg.network.gateway.as_deref().and_then(|g| g.parse().ok()),
             local: vec![dns_ip],
             dns: cfg.network.dns.iter().filter_map(|d| d.parse().ok()).collect(),
+            dhcp: cfg.network.dhcp,
         },
         ntp: cfg.network.ntp.clone(),
         files,

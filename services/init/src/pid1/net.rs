@@ -24,6 +24,17 @@ pub struct NetPlan {
     pub local: Vec<Ipv4Addr>,
     /// Upstream resolvers for `resolv.conf`.
     pub dns: Vec<Ipv4Addr>,
+    /// Without static addresses: ask a DHCP server.
+    pub dhcp: bool,
+}
+
+/// What [`configure`] set up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Configured {
+    pub interface: Option<String>,
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// The DHCP lease, if one was taken.
+    pub lease: Option<super::dhcp::Lease>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +49,8 @@ pub enum NetError {
     NoDevice(String),
     #[error("{path}: {source}")]
     File { path: String, source: std::io::Error },
+    #[error("dhcp: {0}")]
+    Dhcp(String),
 }
 
 /// One rtnetlink socket; requests are sent one at a time and wait for their answer.
@@ -176,15 +189,15 @@ pub const INTERFACE_WAIT: std::time::Duration = std::time::Duration::from_secs(3
 /// Bring up `lo` (with `plan.local`) and the interface (waiting up to [`INTERFACE_WAIT`] for
 /// it to appear) with its addresses and route. Returns the interface configured (None when
 /// the plan has no address). Blocking.
-pub fn configure(plan: &NetPlan, sys: &Path) -> Result<Option<String>, NetError> {
+pub fn configure(plan: &NetPlan, sys: &Path) -> Result<Configured, NetError> {
     let mut nl = Netlink::open()?;
     let lo = index_of("lo")?;
     nl.link_up(lo, "lo")?;
     for a in &plan.local {
         nl.add_address(lo, "lo", *a, 32)?;
     }
-    if plan.addresses.is_empty() {
-        return Ok(None);
+    if plan.addresses.is_empty() && !plan.dhcp {
+        return Ok(Configured::default());
     }
     // A NIC's driver may still be probing (modules load asynchronously): wait, bounded.
     let deadline = std::time::Instant::now() + INTERFACE_WAIT;
@@ -200,13 +213,31 @@ pub fn configure(plan: &NetPlan, sys: &Path) -> Result<Option<String>, NetError>
         }
     };
     nl.link_up(index, &name)?;
-    for (a, p) in &plan.addresses {
+    let (addresses, gateway, lease) = if plan.addresses.is_empty() {
+        let lease = obtain_lease(&name)?;
+        (vec![(lease.address, lease.prefix)], lease.router, Some(lease))
+    } else {
+        (plan.addresses.clone(), plan.gateway, None)
+    };
+    for (a, p) in &addresses {
         nl.add_address(index, &name, *a, *p)?;
     }
-    if let Some(g) = plan.gateway {
+    if let Some(g) = gateway {
         nl.add_default_route(index, g)?;
     }
-    Ok(Some(name))
+    Ok(Configured { interface: Some(name), addresses, lease })
+}
+
+/// A DHCP lease: three tries of 5 s each.
+fn obtain_lease(iface: &str) -> Result<super::dhcp::Lease, NetError> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match super::dhcp::obtain(iface, std::time::Duration::from_secs(5)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(NetError::Dhcp(last))
 }
 
 /// `resolv.conf` text for these upstreams. Pure.
