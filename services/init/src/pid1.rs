@@ -26,6 +26,7 @@ pub mod disk;
 pub mod modules;
 pub mod mounts;
 pub mod net;
+pub mod power;
 pub mod sntp;
 
 use std::collections::BTreeMap;
@@ -291,29 +292,44 @@ fn boot(opts: &Options, plan: &dyn Fn(&str, &Paths) -> Result<NodePlan, PlanErro
     rt.block_on(node(opts, plan))
 }
 
-/// Waits for SIGTERM (→ power off) or SIGINT (→ reboot).
+/// Waits for SIGTERM or the power button (→ power off) or SIGINT (→ reboot).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    button: Option<tokio::sync::mpsc::Receiver<()>>,
 }
 
 impl Signals {
-    fn new() -> Result<Signals, String> {
+    fn new(button: Option<&Path>) -> Result<Signals, String> {
         use tokio::signal::unix::{signal, SignalKind};
         let term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
         let int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-        Ok(Signals { term, int })
+        Ok(Signals { term, int, button: button.map(power::watch) })
     }
     async fn next(&mut self) -> Ending {
+        let button = async {
+            let pressed = match &mut self.button {
+                Some(rx) => rx.recv().await.is_some(),
+                None => false,
+            };
+            if !pressed {
+                // No button (or its watcher is gone): only signals end the machine.
+                std::future::pending::<()>().await;
+            }
+            say("power button pressed");
+        };
         tokio::select! {
             _ = self.term.recv() => Ending::PowerOff,
             _ = self.int.recv() => Ending::Reboot,
+            _ = button => Ending::PowerOff,
         }
     }
 }
 
 async fn node(opts: &Options, plan_fn: &dyn Fn(&str, &Paths) -> Result<NodePlan, PlanError>) -> Result<Ending, String> {
-    let mut signals = Signals::new()?;
+    // The power button only on a real node: a test's /dev is the host's.
+    let dev = opts.root.join("dev");
+    let mut signals = Signals::new((is_pid1() && opts.reboot).then_some(dev.as_path()))?;
     // Reap orphans from the start (an empty supervisor does only that; it goes before the
     // services' supervisor starts, so that one collects its services' exits alone).
     let reaper = Supervisor::start(Vec::new(), Policy { echo: false, ..Policy::default() }).map_err(|e| e.to_string())?;

@@ -14,7 +14,7 @@ use nix::kmod::{finit_module, ModuleInitFlags};
 /// expressions, the pod bridge and veths, the machine config sources, the state disk.
 pub const NODE_MODULES: &[&str] = &[
     "overlay", "nf_tables", "nft_chain_nat", "nft_ct", "nft_nat", "nft_masq", "nft_numgen", "nft_fib_inet", "nft_fib_ipv4", "nft_reject_inet", "nf_conntrack_netlink",
-    "bridge", "br_netfilter", "veth", "qemu_fw_cfg", "virtio_net", "virtio_blk", "ext4", "vfat", "nls_cp437", "nls_iso8859_1", "isofs",
+    "bridge", "br_netfilter", "veth", "qemu_fw_cfg", "virtio_net", "virtio_blk", "ext4", "vfat", "nls_cp437", "nls_iso8859_1", "isofs", "button", "evdev",
 ];
 
 /// `modprobe`'s name equivalence: `-` and `_` are the same.
