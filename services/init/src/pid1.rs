@@ -274,7 +274,12 @@ fn boot(opts: &Options, plan: &dyn Fn(&str, &Paths) -> Result<NodePlan, PlanErro
         }
     }
     let mod_dir = root.join("lib/modules").join(modules::release());
-    let names: Vec<&str> = opts.modules.iter().map(String::as_str).collect();
+    let names: Vec<&str> = if mod_dir.join("modules.dep").exists() || opts.modules.is_empty() {
+        opts.modules.iter().map(String::as_str).collect()
+    } else {
+        say(&format!("no {}: no kernel modules loaded (a kernel with everything built in?)", mod_dir.join("modules.dep").display()));
+        Vec::new()
+    };
     for (name, outcome) in modules::load(&mod_dir, &names) {
         match outcome {
             modules::Loaded::Missing => say(&format!("module {name}: not in {}", mod_dir.display())),

@@ -36,12 +36,14 @@ impl Drop for Netns {
 
 /// Answers one DISCOVER with an OFFER and one REQUEST with an ACK of 10.99.0.50/24.
 fn serve(server: Netns) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
+    let (bound, ready) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
         server.enter();
         let s = UdpSocket::bind("0.0.0.0:67").unwrap();
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::BindToDevice, &std::ffi::OsString::from("dh-s")).unwrap();
         s.set_broadcast(true).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        bound.send(()).unwrap();
         let mut kinds = Vec::new();
         let mut buf = [0u8; 1500];
         while kinds.len() < 2 {
@@ -61,7 +63,9 @@ fn serve(server: Netns) -> std::thread::JoinHandle<Vec<u8>> {
         }
         drop(server);
         kinds
-    })
+    });
+    ready.recv_timeout(Duration::from_secs(10)).expect("the server is listening");
+    handle
 }
 
 #[test]

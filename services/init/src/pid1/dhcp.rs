@@ -114,12 +114,16 @@ pub fn lease_from(ack: &Message) -> Option<Lease> {
 }
 
 /// The interface's MAC address (from getifaddrs: netlink, so this network namespace's).
+/// A link dump racing a change can come back without the link: asked again, bounded.
 fn mac_of(iface: &str) -> Result<[u8; 6], String> {
-    nix::ifaddrs::getifaddrs()
-        .map_err(|e| format!("getifaddrs: {e}"))?
-        .filter(|a| a.interface_name == iface)
-        .find_map(|a| a.address?.as_link_addr()?.addr())
-        .ok_or_else(|| format!("{iface}: no MAC address"))
+    for _ in 0..20 {
+        let found = nix::ifaddrs::getifaddrs().map_err(|e| format!("getifaddrs: {e}"))?.filter(|a| a.interface_name == iface).find_map(|a| a.address?.as_link_addr()?.addr());
+        if let Some(mac) = found {
+            return Ok(mac);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("{iface}: no MAC address"))
 }
 
 /// Get a lease on `iface` (which must be up), waiting at most `timeout` for each answer.
