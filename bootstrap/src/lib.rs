@@ -1,9 +1,12 @@
-//! Offline cluster generation. Today: the cluster CA and the certificates of the store,
-//! the apiserver, gitops and a viewer (`kapp gen pki`); machine configs and node identities
-//! follow with `kapp gen cluster`. [`image`]: container images from the host's Debian
+//! Offline cluster generation: the cluster CA and the certificates of the store, the
+//! apiserver, gitops and a viewer for one host (`kapp gen pki`); a whole cluster's CA and
+//! one self-contained [`machine`] config per node ([`cluster`], `kapp gen cluster`).
+//! [`image`]: container images from the host's Debian
 //! packages as OCI image layouts (`kapp gen image`), for nodes that reach no registry.
 
+pub mod cluster;
 pub mod image;
+pub mod machine;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,8 @@ pub enum GenError {
     Tls(#[from] kapp_tls::TlsError),
     #[error("no host names or addresses given for the store certificate")]
     NoHosts,
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Files written by [`gen_pki`], relative to its output directory.
@@ -90,13 +95,18 @@ pub fn gen_identity(pki: &Path, name: &str, cn: &str, orgs: &[&str], sans: &[&st
 /// Write a new key for sealing Secrets at rest (`kapp apiserver --secret-key-file`): 32
 /// random bytes as 64 hex characters, readable by the owner only. Refuses to overwrite.
 pub fn gen_secret_key(path: &Path) -> Result<(), GenError> {
-    let mut key = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(|_| GenError::Io { path: path.to_path_buf(), source: std::io::Error::other("no system randomness") })?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = secret_key_hex().map_err(|source| GenError::Io { path: path.to_path_buf(), source })?;
     write_private(path, hex.as_bytes()).map_err(|e| match e {
         GenError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => GenError::Exists { path: path.to_path_buf() },
         e => e,
     })
+}
+
+/// A new Secret-sealing key: 32 random bytes as 64 hex characters.
+fn secret_key_hex() -> Result<String, std::io::Error> {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(|_| std::io::Error::other("no system randomness"))?;
+    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Write a secret readable by its owner only.

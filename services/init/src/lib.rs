@@ -1,4 +1,6 @@
-//! kapp's init: service supervision (see `supervise`). PID 1 duties (mounts, network,
-//! shutdown) come with the image.
+//! kapp's init: service supervision (`supervise`), used by `kapp up` as an ordinary process,
+//! and PID-1 mode (`pid1`: mounts, modules, network, the state partition, the machine
+//! config, shutdown and reboot) on a node.
 
+pub mod pid1;
 pub mod supervise;

@@ -21,7 +21,8 @@
 //!   only the supervising process), with stdin on `/dev/null` and `PR_SET_PDEATHSIG(SIGTERM)`
 //!   (so it goes away if the supervisor is killed). Children are forked by one dedicated
 //!   thread that lives as long as the supervisor: the kernel sends the parent-death signal
-//!   when the *thread* that forked a child ends.
+//!   when the *thread* that forked a child ends. With [`Policy::cgroup`] the child moves
+//!   itself into `<cgroup>/<name>` (cgroup2) before it execs.
 //! - **Exit statuses.** A service's exit is collected by pid (`waitid`), never with
 //!   `waitpid(-1)`, so children that other code in this process starts and waits for keep
 //!   their statuses. The exited service is first looked at without reaping it, so its pid
@@ -129,6 +130,9 @@ pub struct Policy {
     pub ring_lines: usize,
     /// Also copy each line to our stderr prefixed with `<name>| ` (default true).
     pub echo: bool,
+    /// A cgroup2 directory: each service runs in `<cgroup>/<name>` (made when it first
+    /// starts). Default none: services stay in ours.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Default for Policy {
@@ -141,6 +145,7 @@ impl Default for Policy {
             log_max_bytes: 8 * 1024 * 1024,
             ring_lines: 200,
             echo: true,
+            cgroup: None,
         }
     }
 }

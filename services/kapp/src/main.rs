@@ -46,6 +46,49 @@ enum Command {
     /// Remove what `kapp up` put on the host: its bridge, pod namespaces, nftables table;
     /// sysctls back as they were.
     Down(DownArgs),
+    /// PID 1 of a node (also what `/sbin/init -> kapp` runs): mounts, modules, network, the
+    /// state partition, the node's services from its machine config; power off on SIGTERM.
+    Init(InitArgs),
+}
+
+/// `kapp init`'s development flags (a node's PID 1 takes none).
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Read the machine config from this file instead of the machine's sources.
+    #[arg(long, hide = true)]
+    config: Option<PathBuf>,
+    /// Treat this directory as the root filesystem (in a mount namespace of its own).
+    #[arg(long, hide = true, default_value = "/")]
+    root: PathBuf,
+    /// Exit at the end instead of powering off or rebooting.
+    #[arg(long, hide = true)]
+    no_reboot: bool,
+    /// Write console lines here instead of <root>/dev/console.
+    #[arg(long, hide = true)]
+    console: Option<PathBuf>,
+}
+
+/// PID-1 mode; returns the exit code (only when not rebooting).
+fn run_init(a: InitArgs) -> i32 {
+    let mut opts = kapp_init::pid1::Options::node();
+    opts.root = a.root;
+    opts.config = a.config;
+    opts.reboot = !a.no_reboot;
+    opts.console = a.console;
+    kapp_init::pid1::run(opts, |yaml, paths| {
+        // /proc is mounted by now.
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/kapp"));
+        kapp_up::node::plan_node(yaml, paths, &exe)
+    })
+}
+
+/// `kapp` started by the kernel: as `init` (argv[0]), or as PID 1 without `kapp init`'s own
+/// arguments. The kernel's arguments are not ours.
+fn started_as_init() -> bool {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let named_init = std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "init");
+    named_init || (std::process::id() == 1 && args.next().is_none_or(|a| a != "init"))
 }
 
 /// Where `kapp up` keeps its state and what it puts on the host (shared by up and down).
@@ -132,8 +175,17 @@ async fn run_up(a: UpArgs) -> Result<()> {
     Ok(kapp_up::up(cfg).await?)
 }
 
+fn parse_node(s: &str) -> Result<(String, std::net::Ipv4Addr), String> {
+    let (name, ip) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=IP"))?;
+    Ok((name.to_string(), ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 address"))?))
+}
+
 #[derive(Subcommand)]
 enum GenCommand {
+    /// A new cluster: its CA and one self-contained machine config per node (<out>/<node>.yaml),
+    /// a read-only kubeconfig (<out>/viewer.kubeconfig) and <out>/pki/ (the CA key: keep it
+    /// offline).
+    Cluster(ClusterArgs),
     /// A new cluster CA plus store member and store client certificates.
     Pki {
         /// Directory to write into (must not hold a CA already).
@@ -191,6 +243,74 @@ enum GenCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Cluster name.
+    #[arg(long)]
+    name: String,
+    /// A head, NAME=IP (repeatable, in store member order; 1, 3 or 5).
+    #[arg(long = "head", value_parser = parse_node, required = true)]
+    heads: Vec<(String, std::net::Ipv4Addr)>,
+    /// A worker, NAME=IP (repeatable).
+    #[arg(long = "worker", value_parser = parse_node)]
+    workers: Vec<(String, std::net::Ipv4Addr)>,
+    /// The nodes' network prefix length.
+    #[arg(long, default_value_t = 24)]
+    prefix_len: u8,
+    /// Default gateway.
+    #[arg(long)]
+    gateway: Option<std::net::Ipv4Addr>,
+    /// Upstream DNS servers, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    dns: Vec<std::net::Ipv4Addr>,
+    /// NTP servers, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    ntp: Vec<String>,
+    /// The repository the cluster follows.
+    #[arg(long)]
+    git_url: String,
+    #[arg(long)]
+    git_branch: Option<String>,
+    /// Sub-path of the repository to render.
+    #[arg(long, default_value = "")]
+    git_path: String,
+    /// Keep ordinary pods off the heads.
+    #[arg(long)]
+    head_taint: bool,
+    /// Directory to write into (must not hold a cluster already).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn gen_cluster(a: ClusterArgs) -> Result<()> {
+    let spec = kapp_bootstrap::cluster::ClusterSpec {
+        name: a.name.clone(),
+        heads: a.heads,
+        workers: a.workers,
+        prefix_len: a.prefix_len,
+        gateway: a.gateway,
+        dns: a.dns,
+        ntp: a.ntp,
+        git_url: a.git_url,
+        git_branch: a.git_branch,
+        git_path: a.git_path,
+        head_taint: a.head_taint,
+    };
+    let g = kapp_bootstrap::cluster::gen_cluster(&spec, &a.out)?;
+    let kubeconfig = a.out.join("viewer.kubeconfig");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&kubeconfig).with_context(|| format!("write {}", kubeconfig.display()))?;
+        f.write_all(kapp_runtime::kubeconfig(&a.name, &g.server, "viewer", &g.viewer).as_bytes())?;
+    }
+    for c in &g.configs {
+        println!("wrote {}", c.display());
+    }
+    println!("wrote {} (read-only, {}) and {} (the CA key: keep it offline)", kubeconfig.display(), g.server, a.out.join("pki").display());
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -643,15 +763,27 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    // `kapp up` talks to a person: its services log to files; it says only what goes wrong.
-    let default_filter = if matches!(cli.command, Command::Up(_)) { "warn,kube_client=off" } else { "info,openraft=warn" };
+fn init_logging(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KAPP_LOG").unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn main() -> Result<()> {
+    if started_as_init() {
+        init_logging("warn");
+        std::process::exit(run_init(InitArgs { config: None, root: PathBuf::from("/"), no_reboot: false, console: None }));
+    }
+    let cli = Cli::parse();
+    if let Command::Init(a) = cli.command {
+        init_logging("warn");
+        std::process::exit(run_init(a));
+    }
+    // `kapp up` talks to a person: its services log to files; it says only what goes wrong.
+    let default_filter = if matches!(cli.command, Command::Up(_)) { "warn,kube_client=off" } else { "info,openraft=warn" };
+    init_logging(default_filter);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
@@ -666,6 +798,8 @@ fn main() -> Result<()> {
             Command::Kubelet(a) => run_kubelet(a).await,
             Command::Up(a) => run_up(a).await,
             Command::Down(a) => Ok(kapp_up::down(&up_config(&a.host)?, a.purge).await?),
+            Command::Init(_) => unreachable!("handled before the runtime"),
+            Command::Gen(GenCommand::Cluster(a)) => gen_cluster(a),
             Command::Gen(GenCommand::Pki { out, cluster, hosts }) => {
                 let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                 kapp_bootstrap::gen_pki(&out, &cluster, &hosts)?;

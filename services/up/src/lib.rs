@@ -11,6 +11,7 @@
 
 pub mod host;
 pub mod layout;
+pub mod node;
 pub mod plan;
 pub mod repo;
 

@@ -38,11 +38,92 @@ pub fn repo_url(cfg: &UpConfig, layout: &Layout) -> String {
     cfg.repo.clone().unwrap_or_else(|| format!("file://{}", layout.repo().display()))
 }
 
+/// A head's own services: its store member, the apiserver, and the leader-elected loops.
+#[derive(Clone, Debug)]
+pub struct HeadPlan {
+    /// This store member's id.
+    pub member_id: u64,
+    /// Every member, `(id, host:port)`, this one included.
+    pub members: Vec<(u64, String)>,
+    pub store_listen: String,
+    /// The store members the apiserver talks to (its own first).
+    pub store_endpoints: Vec<String>,
+    pub api_listen: String,
+    pub repo: String,
+    pub branch: Option<String>,
+    pub path: String,
+    pub interval_secs: u64,
+    pub token_file: Option<PathBuf>,
+}
+
+/// One node's services, however it is configured (`kapp up`, a machine config).
+#[derive(Clone, Debug)]
+pub struct NodePlan {
+    pub exe: PathBuf,
+    pub node_name: String,
+    pub node_ip: Ipv4Addr,
+    /// Where the identities (`pki/`), store, gitops and kubelet state live.
+    pub layout: Layout,
+    /// The apiserver's audit log goes here.
+    pub logs: PathBuf,
+    pub head: Option<HeadPlan>,
+    /// The apiserver the kubelet, proxy and dns use.
+    pub apiserver: String,
+    pub kubelet_port: u16,
+    pub pod_cidr: String,
+    pub cluster_cidr: String,
+    pub dns_ip: Ipv4Addr,
+    pub bridge: String,
+    pub table: String,
+    pub netns_prefix: String,
+    pub upstream_dns: Vec<String>,
+    pub import_dir: Option<PathBuf>,
+    /// The kubelet stops its pods when it exits (`kapp up`).
+    pub clean_on_exit: bool,
+}
+
 /// Every service of the all-in-one node.
 pub fn services(cfg: &UpConfig, layout: &Layout, host: &HostFacts) -> Vec<ServiceSpec> {
-    let exe = &cfg.exe;
-    let api = format!("https://127.0.0.1:{}", cfg.api_port);
     let store_addr = format!("127.0.0.1:{}", cfg.store_port);
+    let head = HeadPlan {
+        member_id: 1,
+        members: vec![(1, store_addr.clone())],
+        store_listen: store_addr.clone(),
+        store_endpoints: vec![store_addr],
+        api_listen: format!("127.0.0.1:{}", cfg.api_port),
+        repo: repo_url(cfg, layout),
+        branch: cfg.branch.clone(),
+        path: cfg.path.clone(),
+        interval_secs: cfg.interval.as_secs().max(1),
+        token_file: None,
+    };
+    node_services(&NodePlan {
+        exe: cfg.exe.clone(),
+        node_name: cfg.node_name.clone(),
+        node_ip: host.node_ip,
+        layout: layout.clone(),
+        logs: layout.logs(),
+        head: Some(head),
+        apiserver: format!("https://127.0.0.1:{}", cfg.api_port),
+        kubelet_port: cfg.kubelet_port,
+        pod_cidr: cfg.pod_cidr.clone(),
+        cluster_cidr: cfg.cluster_cidr.clone(),
+        dns_ip: cfg.dns_ip,
+        bridge: cfg.bridge.clone(),
+        table: cfg.table.clone(),
+        netns_prefix: cfg.netns_prefix.clone(),
+        upstream_dns: host.upstream_dns.clone(),
+        import_dir: Some(layout.images()),
+        clean_on_exit: true,
+    })
+}
+
+/// A node's services: on a head store → apiserver → scheduler, controllers, gitops; on
+/// every node kubelet, proxy and dns (after the local apiserver on a head).
+pub fn node_services(p: &NodePlan) -> Vec<ServiceSpec> {
+    let exe = &p.exe;
+    let layout = &p.layout;
+    let api = &p.apiserver;
     let d = |p: PathBuf| p.display().to_string();
     let short = Duration::from_secs(5);
     let with = |mut head: Vec<String>, tls: &str, rest: Vec<String>| {
@@ -50,73 +131,84 @@ pub fn services(cfg: &UpConfig, layout: &Layout, host: &HostFacts) -> Vec<Servic
         head.extend(rest);
         head
     };
-    let mut store = strings(&["store", "--id", "1", "--listen", &store_addr, "--members", &format!("1={store_addr}"), "--data-dir"]);
-    store.push(d(layout.store()));
-    let mut gitops = strings(&["gitops", "--apiserver", &api, "--repo", &repo_url(cfg, layout), "--path", &cfg.path, "--interval", &cfg.interval.as_secs().max(1).to_string(), "--holder", &cfg.node_name, "--state-dir"]);
-    gitops.push(d(layout.gitops()));
-    if let Some(b) = &cfg.branch {
-        gitops.extend(["--branch".to_string(), b.clone()]);
+    let mut specs = Vec::new();
+    let node_after: &[&str] = if p.head.is_some() { &["apiserver"] } else { &[] };
+    if let Some(h) = &p.head {
+        let members = h.members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
+        let mut store = strings(&["store", "--id", &h.member_id.to_string(), "--listen", &h.store_listen, "--members", &members, "--data-dir"]);
+        store.push(d(layout.store()));
+        let mut gitops = strings(&["gitops", "--apiserver", api, "--repo", &h.repo, "--path", &h.path, "--interval", &h.interval_secs.to_string(), "--holder", &p.node_name, "--state-dir"]);
+        gitops.push(d(layout.gitops()));
+        if let Some(b) = &h.branch {
+            gitops.extend(["--branch".to_string(), b.clone()]);
+        }
+        if let Some(t) = &h.token_file {
+            gitops.extend(["--token-file".to_string(), d(t.clone())]);
+        }
+        specs.extend([
+            spec(exe, "store", with(store, "store", vec![]), &[], "listening on", Duration::from_secs(10)),
+            spec(
+                exe,
+                "apiserver",
+                with(
+                    strings(&["apiserver", "--listen", &h.api_listen, "--store", &h.store_endpoints.join(",")]),
+                    "apiserver",
+                    vec!["--secret-key-file".into(), d(layout.secret_key()), "--audit-log".into(), d(p.logs.join("audit.log"))],
+                ),
+                &["store"],
+                "kapp apiserver listening",
+                short,
+            ),
+            spec(exe, "scheduler", with(strings(&["scheduler", "--apiserver", api, "--holder", &p.node_name]), "scheduler", vec![]), &["apiserver"], "kapp scheduler as", short),
+            spec(exe, "controllers", with(strings(&["controllers", "--apiserver", api, "--holder", &p.node_name]), "controllers", vec![]), &["apiserver"], "kapp controllers as", short),
+            spec(exe, "gitops", with(gitops, "gitops", vec![]), &["apiserver"], "kapp gitops following", short),
+        ]);
     }
-    let kubelet = strings(&[
+    let mut kubelet = strings(&[
         "kubelet",
         "--node-name",
-        &cfg.node_name,
+        &p.node_name,
         "--apiserver",
-        &api,
+        api,
         "--state-dir",
         &d(layout.kubelet()),
         "--pod-cidr",
-        &cfg.pod_cidr,
+        &p.pod_cidr,
         "--node-ip",
-        &host.node_ip.to_string(),
+        &p.node_ip.to_string(),
         "--cluster-dns",
-        &cfg.dns_ip.to_string(),
+        &p.dns_ip.to_string(),
         "--listen",
-        &format!("{}:{}", host.node_ip, cfg.kubelet_port),
-        "--import-dir",
-        &d(layout.images()),
-        "--bridge",
-        &cfg.bridge,
-        "--netns-prefix",
-        &cfg.netns_prefix,
-        "--clean-on-exit",
+        &format!("{}:{}", p.node_ip, p.kubelet_port),
     ]);
-    vec![
-        spec(exe, "store", with(store, "store", vec![]), &[], "listening on", Duration::from_secs(10)),
-        spec(
-            exe,
-            "apiserver",
-            with(
-                strings(&["apiserver", "--listen", &format!("127.0.0.1:{}", cfg.api_port), "--store", &store_addr]),
-                "apiserver",
-                vec!["--secret-key-file".into(), d(layout.secret_key()), "--audit-log".into(), d(layout.logs().join("audit.log"))],
-            ),
-            &["store"],
-            "kapp apiserver listening",
-            short,
-        ),
-        spec(exe, "scheduler", with(strings(&["scheduler", "--apiserver", &api, "--holder", &cfg.node_name]), "scheduler", vec![]), &["apiserver"], "kapp scheduler as", short),
-        spec(exe, "controllers", with(strings(&["controllers", "--apiserver", &api, "--holder", &cfg.node_name]), "controllers", vec![]), &["apiserver"], "kapp controllers as", short),
-        spec(exe, "gitops", with(gitops, "gitops", vec![]), &["apiserver"], "kapp gitops following", short),
+    if let Some(i) = &p.import_dir {
+        kubelet.extend(["--import-dir".to_string(), d(i.clone())]);
+    }
+    kubelet.extend(strings(&["--bridge", &p.bridge, "--netns-prefix", &p.netns_prefix]));
+    if p.clean_on_exit {
+        kubelet.push("--clean-on-exit".into());
+    }
+    specs.extend([
         // Pods get their whole grace period (30 s by default) and then some.
-        spec(exe, "kubelet", with(kubelet, "node", vec![]), &["apiserver"], "kubelet started", Duration::from_secs(45)),
+        spec(exe, "kubelet", with(kubelet, "node", vec![]), node_after, "kubelet started", Duration::from_secs(45)),
         spec(
             exe,
             "proxy",
-            with(strings(&["proxy", "--apiserver", &api, "--node-name", &cfg.node_name, "--cluster-cidr", &cfg.cluster_cidr, "--table", &cfg.table]), "node", vec![]),
-            &["apiserver"],
+            with(strings(&["proxy", "--apiserver", api, "--node-name", &p.node_name, "--cluster-cidr", &p.cluster_cidr, "--table", &p.table]), "node", vec![]),
+            node_after,
             "kapp proxy on node",
             short,
         ),
         spec(
             exe,
             "dns",
-            with(strings(&["dns", "--apiserver", &api, "--listen", &format!("{}:53", cfg.dns_ip), "--upstream", &host.upstream_dns.join(",")]), "node", vec![]),
-            &["apiserver"],
+            with(strings(&["dns", "--apiserver", api, "--listen", &format!("{}:53", p.dns_ip), "--upstream", &p.upstream_dns.join(",")]), "node", vec![]),
+            node_after,
             "kapp dns listening",
             short,
         ),
-    ]
+    ]);
+    specs
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ impl Manager {
     async fn launch(&mut self, i: usize) {
         let service = &mut self.services[i];
         let name = service.spec.name.clone();
-        match self.spawner.spawn(&service.spec).await {
+        match self.spawner.spawn(&service.spec, self.policy.cgroup.as_deref()).await {
             Ok((pid, pipe)) => {
                 tracing::info!(service = %name, pid, restarts = service.restarts, "started");
                 let flag = Arc::new(ReadyFlag { ready: AtomicBool::new(false), wake: self.wake.clone() });

@@ -2,6 +2,7 @@
 //! kernel sends when the forking *thread* ends) fires only when the supervisor goes away.
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
@@ -37,7 +38,17 @@ impl Spawner {
 
     /// Starts `spec` with stdout and stderr on one new pipe; returns its pid and the pipe's
     /// read end.
-    pub async fn spawn(&self, spec: &ServiceSpec) -> std::io::Result<(u32, pipe::Receiver)> {
+    /// With `cgroup`, the child moves itself into `<cgroup>/<name>` (cgroup2, created here)
+    /// before it execs, so everything it starts is counted there too.
+    pub async fn spawn(&self, spec: &ServiceSpec, cgroup: Option<&Path>) -> std::io::Result<(u32, pipe::Receiver)> {
+        let procs = match cgroup {
+            None => None,
+            Some(parent) => {
+                let dir = parent.join(&spec.name);
+                std::fs::create_dir_all(&dir)?;
+                Some(std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?)
+            }
+        };
         let (writer, reader) = pipe::pipe()?;
         let writer = writer.into_blocking_fd()?;
         let mut command = Command::new(&spec.program);
@@ -51,9 +62,15 @@ impl Spawner {
         let parent = std::process::id();
         #[allow(unsafe_code)]
         // SAFETY: the closure runs between fork and exec; it allocates nothing and calls only
-        // async-signal-safe functions (prctl, getppid).
+        // async-signal-safe functions (write to an fd opened before the fork, prctl, getppid).
         unsafe {
             command.pre_exec(move || {
+                if let Some(f) = &procs {
+                    // "0" moves the writing process.
+                    if libc::write(std::os::fd::AsRawFd::as_raw_fd(f), b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
                 // The supervisor died before the signal was armed: do not outlive it.
                 if nix::unistd::getppid().as_raw() as u32 != parent {
