@@ -1,0 +1,93 @@
+#!/bin/bash
+# Build kapp's bootable image in one command: installs its tools (Debian packages only),
+# builds the release kapp binary, runs mkosi, converts the disk to qcow2.
+#
+#   image/build.sh [--profile debug] [--no-tools] [--kapp PATH]
+#
+# Outputs in image/out/: kapp.raw (dd it onto a disk), kapp.qcow2 (QEMU), kapp-a.efi (the
+# UKI), kapp.root-a.raw (the root slot's erofs, for upgrades), SHA256SUMS.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+out=$here/out
+profile=
+tools=yes
+kapp_bin=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) profile=$2; shift 2 ;;
+        --no-tools) tools=no; shift ;;
+        --kapp) kapp_bin=$2; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "build.sh: run as root (mkosi needs it)" >&2; exit 1; }
+step() { printf '==> %s\n' "$*" >&2; }
+
+install_tools() {
+    local src=/etc/apt/sources.list.d/kapp-backports.sources
+    if [ ! -e "$src" ]; then
+        step "adding the bookworm-backports apt source (mkosi 24, systemd 254's repart/ukify/bootctl)"
+        cat > "$src" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+        apt-get update -qq
+    fi
+    local want=(mkosi systemd-boot systemd-boot-efi qemu-utils qemu-system-x86 python3-pefile
+                dosfstools mtools erofs-utils squashfs-tools kmod ovmf e2fsprogs cpio zstd
+                binutils libclang-dev libseccomp-dev sccache git)
+    local missing=()
+    for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return
+    step "installing ${missing[*]}"
+    [ -n "$(find /var/lib/apt/lists -name '*backports*Packages*' 2>/dev/null | head -1)" ] || apt-get update -qq
+    export DEBIAN_FRONTEND=noninteractive
+    # mkosi needs systemd >= 254 (repart, ukify, bootctl) and qemu must match qemu-utils:
+    # those come from backports, the rest from bookworm.
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+        mkosi systemd-boot systemd-boot-efi qemu-utils qemu-system-x86 >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+[ "$tools" = yes ] && install_tools
+
+if [ -z "$kapp_bin" ]; then
+    step "building the release kapp binary"
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/kapp/target-image}
+    export CARGO_INCREMENTAL=0
+    command -v sccache >/dev/null && export RUSTC_WRAPPER=${RUSTC_WRAPPER:-sccache}
+    (cd "$repo" && cargo build --release --locked -p kapp)
+    kapp_bin=$CARGO_TARGET_DIR/release/kapp
+fi
+
+# Every timestamp in the image is the last commit's time; partition UUIDs are fixed in
+# mkosi.repart/ and mkosi.conf's Seed=.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct)}
+
+stage=$out/stage
+rm -rf "$stage"
+install -D -m 0755 "$kapp_bin" "$stage/usr/bin/kapp"
+strip --strip-unneeded "$stage/usr/bin/kapp"
+touch -h -d "@$SOURCE_DATE_EPOCH" "$stage/usr/bin/kapp"
+
+mkdir -p /var/cache/kapp/mkosi/cache /var/cache/kapp/mkosi/packages
+step "mkosi${profile:+ (profile $profile)}"
+start=$(date +%s)
+mkosi --directory "$here" ${profile:+--profile "$profile"} --extra-tree "$stage:/" --force build
+step "mkosi took $(( $(date +%s) - start )) s"
+
+step "qcow2 for QEMU"
+rm -f "$out/kapp.qcow2"
+qemu-img convert -f raw -O qcow2 -c "$out/kapp.raw" "$out/kapp.qcow2"
+# The UKI under a slot name (mkosi calls the split copy kapp.efi).
+[ -e "$out/kapp.efi" ] && mv -f "$out/kapp.efi" "$out/kapp-a.efi"
+rm -rf "$stage"
+(cd "$out" && sha256sum kapp.raw kapp.qcow2 kapp-a.efi kapp.root-a.raw > SHA256SUMS && cat SHA256SUMS)
+du_raw=$(du -m --apparent-size "$out/kapp.raw" | cut -f1)
+used_raw=$(du -m "$out/kapp.raw" | cut -f1)
+step "kapp.raw: ${du_raw} MiB (${used_raw} MiB allocated); kapp.qcow2: $(du -m "$out/kapp.qcow2" | cut -f1) MiB; UKI: $(du -m "$out/kapp-a.efi" | cut -f1) MiB; root: $(du -m "$out/kapp.root-a.raw" | cut -f1) MiB"
