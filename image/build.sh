@@ -40,7 +40,7 @@ SRC
     fi
     local want=(mkosi systemd-boot systemd-boot-efi qemu-utils qemu-system-x86 python3-pefile
                 dosfstools mtools erofs-utils squashfs-tools kmod ovmf e2fsprogs cpio zstd
-                binutils libclang-dev libseccomp-dev sccache git)
+                binutils busybox-static libclang-dev libseccomp-dev sccache git)
     local missing=()
     for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return
@@ -62,6 +62,8 @@ if [ -z "$kapp_bin" ]; then
     export CARGO_INCREMENTAL=0
     command -v sccache >/dev/null && export RUSTC_WRAPPER=${RUSTC_WRAPPER:-sccache}
     (cd "$repo" && cargo build --release --locked -p kapp)
+    # kappctl is not in the image (the cluster is read from outside); qemu/ uses it.
+    (cd "$repo" && cargo build --release --locked -p kappctl)
     kapp_bin=$CARGO_TARGET_DIR/release/kapp
 fi
 
@@ -73,13 +75,50 @@ stage=$out/stage
 rm -rf "$stage"
 install -D -m 0755 "$kapp_bin" "$stage/usr/bin/kapp"
 strip --strip-unneeded "$stage/usr/bin/kapp"
-touch -h -d "@$SOURCE_DATE_EPOCH" "$stage/usr/bin/kapp"
+# The example application's container image (busybox-static from Debian) as an OCI
+# layout, so a cluster runs examples/app with no registry (kubelet --import-dir).
+"$kapp_bin" gen image --ref kapp.local/busybox:1 --package busybox-static --busybox-applets \
+    --cmd sh --out "$stage/usr/share/kapp/images/busybox" >/dev/null
+find "$stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 mkdir -p /var/cache/kapp/mkosi/cache /var/cache/kapp/mkosi/packages
 step "mkosi${profile:+ (profile $profile)}"
 start=$(date +%s)
 mkosi --directory "$here" ${profile:+--profile "$profile"} --extra-tree "$stage:/" --force build
 step "mkosi took $(( $(date +%s) - start )) s"
+
+# mkfs.fat (through systemd-repart) stamps the ESP's volume label entry with the time of
+# the build; give it SOURCE_DATE_EPOCH like every other entry.
+python3 - "$out/kapp.raw" "$SOURCE_DATE_EPOCH" <<'PY'
+import json, struct, subprocess, sys, time
+disk, epoch = sys.argv[1], int(sys.argv[2])
+table = json.loads(subprocess.check_output(["sfdisk", "-J", disk]))["partitiontable"]
+esp = next(p for p in table["partitions"] if p.get("name") == "ESP")
+base = esp["start"] * table.get("sectorsize", 512)
+t = time.gmtime(epoch)
+dos_time = (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2)
+dos_date = ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+with open(disk, "r+b") as f:
+    f.seek(base)
+    bs = f.read(512)
+    sec, spc, rsvd, nfats = struct.unpack_from("<HBHB", bs, 11)
+    root_entries, fatsz16 = struct.unpack_from("<H", bs, 17)[0], struct.unpack_from("<H", bs, 22)[0]
+    if fatsz16:
+        start, size = rsvd + nfats * fatsz16, root_entries * 32
+    else:
+        fatsz32, root_clus = struct.unpack_from("<I", bs, 36)[0], struct.unpack_from("<I", bs, 44)[0]
+        start, size = rsvd + nfats * fatsz32 + (root_clus - 2) * spc, spc * sec
+    f.seek(base + start * sec)
+    root = bytearray(f.read(size))
+    for off in range(0, size, 32):
+        if root[off] == 0:
+            break
+        if root[off + 11] == 0x08:  # the volume label
+            struct.pack_into("<BHHHHHHH", root, off + 13, 0, dos_time, dos_date, dos_date, 0, dos_time, dos_date, 0)
+            struct.pack_into("<H", root, off + 26, 0)
+    f.seek(base + start * sec)
+    f.write(root)
+PY
 
 step "qcow2 for QEMU"
 rm -f "$out/kapp.qcow2"

@@ -117,3 +117,23 @@ kapp_bin() {
     done
     die "no kapp binary: run image/build.sh (or set KAPP_BIN)"
 }
+
+# app_repo DIR: DIR/app, a git repository holding a copy of examples/app (made once).
+app_repo() {
+    local dir=$1
+    [ -d "$dir/app/.git" ] && return
+    mkdir -p "$dir"
+    cp -r "$repo/examples/app" "$dir/app"
+    git -C "$dir/app" init -q -b main
+    git -C "$dir/app" add -A
+    git -C "$dir/app" -c user.name=kapp -c user.email=kapp@localhost commit -q -m "example app"
+}
+
+# git_daemon BASE ADDRESS PIDFILE [NETNS]: serve BASE's repositories read-only over git://
+# on ADDRESS:9418 (inside NETNS when given), unless already running.
+git_daemon() {
+    local base=$1 addr=$2 pidfile=$3 ns=${4:-}
+    [ -e "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && return
+    ${ns:+ip netns exec "$ns"} git daemon --reuseaddr --listen="$addr" --port=9418 \
+        --base-path="$base" --export-all --detach --pid-file="$pidfile" "$base"
+}

@@ -72,17 +72,8 @@ if [ -z "$config" ]; then
     fi
     config=$state/cluster/node1.yaml
     # The example, committed into a repository served read-only on loopback.
-    if [ ! -d "$state/git/app/.git" ]; then
-        mkdir -p "$state/git"
-        cp -r "$repo/examples/app" "$state/git/app"
-        git -C "$state/git/app" init -q -b main
-        git -C "$state/git/app" add -A
-        git -C "$state/git/app" -c user.name=kapp -c user.email=kapp@localhost commit -q -m "example app"
-    fi
-    if ! { [ -e "$state/git-daemon.pid" ] && kill -0 "$(cat "$state/git-daemon.pid")" 2>/dev/null; }; then
-        git daemon --reuseaddr --listen=127.0.0.1 --port=9418 --base-path="$state/git" --export-all \
-            --detach --pid-file="$state/git-daemon.pid" "$state/git"
-    fi
+    app_repo "$state/git"
+    git_daemon "$state/git" 127.0.0.1 "$state/git-daemon.pid"
     # kappctl on the host reaches the forwarded port.
     sed "s#server: https://10.0.2.15:6443#server: https://127.0.0.1:$api_port#" \
         "$state/cluster/viewer.kubeconfig" > "$state/kubeconfig"
