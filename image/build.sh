@@ -84,7 +84,11 @@ find "$stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 mkdir -p /var/cache/kapp/mkosi/cache /var/cache/kapp/mkosi/packages
 step "mkosi${profile:+ (profile $profile)}"
 start=$(date +%s)
-mkosi --directory "$here" ${profile:+--profile "$profile"} --extra-tree "$stage:/" --force build
+# IMAGE_VERSION (in the UKI's os-release) orders systemd-boot's entries: the newest good one
+# boots by default.
+version=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y.%m.%d.%H%M%S)
+mkosi --directory "$here" ${profile:+--profile "$profile"} --image-version "$version" \
+    --extra-tree "$stage:/" --force build
 step "mkosi took $(( $(date +%s) - start )) s"
 
 # mkfs.fat (through systemd-repart) stamps the ESP's volume label entry with the time of

@@ -97,12 +97,18 @@ t=$SECONDS
 until_ok 900 "kappctl status healthy at the first commit" check healthy "$head"
 fig "ready → first commit converged" "$((SECONDS - t)) s"
 
-sed -i 's/^  replicas: 3$/  replicas: 4/' "$app/web.yaml"
-head=$(commit "scale web to 4")
-t=$SECONDS
-until_ok 600 "scale commit applied, healthy" check healthy "$head"
-until_ok 600 "4 web replicas ready" check web 4
-fig "commit (scale 3 → 4) → pods Running" "$((SECONDS - t)) s"
+# scale_web FROM TO CHECK FIGURE: commit web's replicas FROM → TO, wait until the commit is
+# applied (CHECK: healthy, or applied when a head is down) and TO replicas are ready.
+scale_web() {
+    sed -i "s/^  replicas: $1\$/  replicas: $2/" "$app/web.yaml"
+    head=$(commit "scale web to $2")
+    local t=$SECONDS
+    until_ok 900 "commit 'scale web to $2' $3" check "$3" "$head"
+    until_ok 600 "$2 web replicas ready" check web "$2"
+    fig "$4" "$((SECONDS - t)) s"
+}
+
+scale_web 3 4 healthy "commit (scale 3 → 4) → pods Running"
 
 git -C "$app" rm -q tick.yaml
 sed -i '/^- tick.yaml$/d' "$app/kustomization.yaml"
@@ -113,12 +119,7 @@ until_ok 300 "CronJob tick pruned" object_gone cronjob tick
 fig "commit (delete file) → pruned" "$((SECONDS - t)) s"
 
 cluster poweroff head3 --hard || fail "power off head3"
-sed -i 's/^  replicas: 4$/  replicas: 3/' "$app/web.yaml"
-head=$(commit "scale web back to 3 with head3 down")
-t=$SECONDS
-until_ok 900 "commit applied with head3 down" check applied "$head"
-until_ok 600 "3 web replicas ready with head3 down" check web 3
-fig "commit with a head down → converged" "$((SECONDS - t)) s"
+scale_web 4 3 applied "commit (scale 4 → 3) with head3 off → pods gone"
 
 t=$SECONDS
 cluster boot head3 || fail "boot head3"
