@@ -124,6 +124,25 @@ with open(disk, "r+b") as f:
     f.write(root)
 PY
 
+# The pruned root must still run what PID 1 and the services exec (no library missing),
+# and hold no shell.
+step "checking the root slot"
+mnt=$(mktemp -d)
+mount -t erofs -o loop,ro "$out/kapp.root-a.raw" "$mnt"
+trap 'umount "$mnt" 2>/dev/null; rmdir "$mnt"' EXIT
+chroot "$mnt" /usr/bin/kapp --version
+chroot "$mnt" /usr/sbin/nft --version
+chroot "$mnt" /usr/sbin/conntrack --version
+chroot "$mnt" /usr/sbin/mkfs.ext4 -V 2>&1 | head -1
+chroot "$mnt" /usr/sbin/modprobe --version
+[ "$(readlink "$mnt/sbin/init")" = /usr/bin/kapp ] || { echo "build.sh: /sbin/init is not /usr/bin/kapp" >&2; exit 1; }
+if [ "$profile" != debug ]; then
+    for sh in bin/sh bin/bash bin/dash bin/busybox; do
+        [ ! -e "$mnt/$sh" ] || { echo "build.sh: the root holds /$sh" >&2; exit 1; }
+    done
+fi
+umount "$mnt"; rmdir "$mnt"; trap - EXIT
+
 step "qcow2 for QEMU"
 rm -f "$out/kapp.qcow2"
 qemu-img convert -f raw -O qcow2 -c "$out/kapp.raw" "$out/kapp.qcow2"
