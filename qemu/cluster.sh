@@ -4,6 +4,7 @@
 # server the VMs reach at 10.77.0.1 serving a copy of examples/app.
 #
 #   qemu/cluster.sh create  [--image image/out/kapp.qcow2] [--state DIR] [--wait SECONDS]
+#   qemu/cluster.sh wait    [--state DIR] [--wait SECONDS]   until every node is ready
 #   qemu/cluster.sh status  [--state DIR]         every VM's last console line + kappctl status
 #   qemu/cluster.sh kappctl ARGS...               kappctl (viewer) inside the namespace
 #   qemu/cluster.sh exec CMD...                   any command inside the namespace
@@ -45,7 +46,7 @@ worker_mem=768
 node_names() { local n; for n in "${nodes[@]}"; do echo "${n%%=*}"; done; }
 vm_dir() { echo "$state/vms/$1"; }
 vm_pid() { local f; f="$(vm_dir "$1")/qemu.pid"; [ -e "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
-last_line() { grep -a 'kapp-init: ' "$(vm_dir "$1")/serial.log" 2>/dev/null | tail -1 | sed 's/.*kapp-init: //' | tr -d '\r'; }
+last_line() { { grep -a 'kapp-init: ' "$(vm_dir "$1")/serial.log" 2>/dev/null || true; } | tail -1 | sed 's/.*kapp-init: //' | tr -d '\r'; }
 
 boot_vm() {
     local name=$1 i mem=$worker_mem idx=0
@@ -80,7 +81,7 @@ wait_ready() {
             local l
             l=$(last_line "$n")
             [ -z "$(vm_pid "$n")" ] && l="(not running) $l"
-            if [ "${seen[$n]:-}" != "$l" ]; then
+            if [ "${seen[$n]+set}" != set ] || [ "${seen[$n]}" != "$l" ]; then
                 seen[$n]=$l
                 say "$(printf '%-8s %4ss %s' "$n" $((SECONDS - start)) "${l:-booting}")"
             fi
@@ -135,10 +136,13 @@ create)
     wait_ready
     say "kubeconfig: $state/kubeconfig (inside netns $ns); try: qemu/cluster.sh kappctl status"
     ;;
+wait) wait_ready ;;
 status)
     for n in $(node_names); do
         pid=$(vm_pid "$n" || true)
-        printf '%-8s %-22s %s\n' "$n" "${pid:+running (pid $pid)}${pid:-stopped}" "$(last_line "$n")"
+        run=stopped
+        [ -n "$pid" ] && run="running (pid $pid)"
+        printf '%-8s %-22s %s\n' "$n" "$run" "$(last_line "$n")"
     done
     ip netns list | grep -qw "$ns" && run_kappctl status || true
     ;;
@@ -159,12 +163,16 @@ boot)
     say "$n booting; console $(vm_dir "$n")/serial.log"
     ;;
 destroy)
+    pids=()
     for n in $(node_names); do
         pid=$(vm_pid "$n" || true)
-        [ -n "$pid" ] && { kill "$pid"; say "stopped $n"; }
+        [ -n "$pid" ] && { kill "$pid"; pids+=("$pid"); say "stopped $n"; }
     done
     if [ -e "$state/git-daemon.pid" ]; then kill "$(cat "$state/git-daemon.pid")" 2>/dev/null || true; fi
-    sleep 1
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
     ip netns list | grep -qw "$ns" && ip netns delete "$ns"
     rm -rf "$state"
     say "cluster destroyed"

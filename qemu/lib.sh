@@ -66,7 +66,7 @@ qemu_args() {
         -device virtio-blk-pci,drive=disk \
         -device virtio-rng-pci \
         -fw_cfg "name=opt/kapp/machine.yaml,file=$config" \
-        -chardev "file,id=serial,path=$dir/serial.log" -serial chardev:serial \
+        -chardev "file,id=serial,path=$dir/serial.log,append=on" -serial chardev:serial \
         -qmp "unix:$dir/qmp.sock,server=on,wait=off" \
         -pidfile "$dir/qemu.pid" -daemonize
 }
