@@ -85,7 +85,11 @@ wait_ready() {
                 seen[$n]=$l
                 say "$(printf '%-8s %4ss %s' "$n" $((SECONDS - start)) "${l:-booting}")"
             fi
-            grep -aq "kapp-init: node $n ready" "$(vm_dir "$n")/serial.log" 2>/dev/null && ready=$((ready + 1))
+            if grep -aq "kapp-init: node $n ready" "$(vm_dir "$n")/serial.log" 2>/dev/null; then
+                ready=$((ready + 1))
+                # Seconds from the start of the wait to this node's first `ready`, for e2e.sh.
+                grep -q "^$n " "$state/ready.txt" 2>/dev/null || echo "$n $((SECONDS - start))" >> "$state/ready.txt"
+            fi
             if grep -aq 'kapp-init: machine config error' "$(vm_dir "$n")/serial.log" 2>/dev/null; then
                 die "$n: $(grep -a 'machine config error' "$(vm_dir "$n")/serial.log" | tail -1)"
             fi
