@@ -135,6 +135,13 @@ chroot "$mnt" /usr/sbin/nft --version
 chroot "$mnt" /usr/sbin/conntrack --version
 chroot "$mnt" /usr/sbin/mkfs.ext4 -V 2>&1 | head -1
 chroot "$mnt" /usr/sbin/modprobe --version
+# The modules PID 1 loads (kapp-init's NODE_MODULES) and the ones the root and ESP need.
+dep=$(ls -d "$mnt"/usr/lib/modules/*/)modules.dep
+for m in overlay nf_tables nft_chain_nat nft_ct nft_nat nft_masq nft_numgen nft_fib_inet \
+         nft_fib_ipv4 nft_reject_inet nf_conntrack_netlink bridge br_netfilter veth qemu_fw_cfg \
+         virtio_net virtio_blk ext4 vfat nls_cp437 nls_iso8859-1 isofs erofs efivarfs; do
+    grep -q "/$m\.ko" "$dep" || { echo "build.sh: kernel module $m is not in the image" >&2; exit 1; }
+done
 [ "$(readlink "$mnt/sbin/init")" = /usr/bin/kapp ] || { echo "build.sh: /sbin/init is not /usr/bin/kapp" >&2; exit 1; }
 if [ "$profile" != debug ]; then
     for sh in bin/sh bin/bash bin/dash bin/busybox; do

@@ -43,7 +43,7 @@ running() { [ -e "$vm/qemu.pid" ] && kill -0 "$(cat "$vm/qemu.pid")" 2>/dev/null
 
 case "$cmd" in
     status)
-        if running; then echo "running (pid $(cat "$vm/qemu.pid")), console $vm/serial.log"; grep 'kapp-init:' "$vm/serial.log" | tail -5
+        if running; then echo "running (pid $(cat "$vm/qemu.pid")), console $vm/serial.log"; { grep -a 'kapp-init:' "$vm/serial.log" || true; } | tail -5
         else echo "not running"; exit 1; fi
         exit 0 ;;
     console) exec tail -n +1 -f "$vm/serial.log" ;;
