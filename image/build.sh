@@ -133,6 +133,7 @@ trap 'umount "$mnt" 2>/dev/null; rmdir "$mnt"' EXIT
 chroot "$mnt" /usr/bin/kapp --version
 chroot "$mnt" /usr/sbin/nft --version
 chroot "$mnt" /usr/sbin/conntrack --version
+chroot "$mnt" /usr/bin/ip -V
 chroot "$mnt" /usr/sbin/mkfs.ext4 -V 2>&1 | head -1
 chroot "$mnt" /usr/sbin/modprobe --version
 # The modules PID 1 loads (kapp-init's NODE_MODULES) and the ones the root and ESP need.

@@ -16,6 +16,9 @@ use kapp_init::pid1::{net::NetPlan, NodePlan, Paths, PlanError};
 use crate::layout::Layout;
 use crate::plan::{self, HeadPlan};
 
+/// Where the appliance image carries OCI layouts for the kubelet to import (air gap).
+pub const IMAGE_IMPORT_DIR: &str = "/usr/share/kapp/images";
+
 /// Parse and validate a machine config and plan the node (`exe`: the `kapp` binary the
 /// services run as).
 pub fn plan_node(yaml: &str, paths: &Paths, exe: &Path) -> Result<NodePlan, PlanError> {
@@ -69,7 +72,8 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
         table: "kapp".into(),
         netns_prefix: "kapp-".into(),
         upstream_dns: cfg.network.dns.clone(),
-        import_dir: Some(layout.images()),
+        // The images the appliance image carries (image/build.sh puts them there).
+        import_dir: Some(PathBuf::from(IMAGE_IMPORT_DIR)),
         clean_on_exit: false,
     });
     let files = cfg

@@ -96,6 +96,13 @@ pub fn prepare_state(root: &Path, label: &str) -> Result<State, String> {
         format(&mkfs, &device, label).map_err(|e| e.to_string())?;
     }
     super::mounts::mount_device(&device, &root.join("var"), "ext4", false).map_err(|e| e.to_string())?;
+    // What the root file system's /var had: the conventional links into /run.
+    for (link, to) in [("var/run", "../run"), ("var/lock", "../run/lock")] {
+        let path = root.join(link);
+        if std::fs::symlink_metadata(&path).is_err() {
+            std::os::unix::fs::symlink(to, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
     Ok(State::Mounted { device: name, formatted })
 }
 
