@@ -112,7 +112,9 @@ wait_console() {
 # kapp_bin: the kapp binary for `kapp gen cluster` and kappctl (the one the image holds).
 kapp_bin() {
     local b
-    for b in "${KAPP_BIN:-}" /var/cache/kapp/target-image/release/kapp "$repo/target/release/kapp"; do
+    # The kapp the image was built with first (image/build.sh keeps a copy): the configs
+    # must suit the kapp that boots.
+    for b in "${KAPP_BIN:-}" "$repo/image/out/host-kapp" /var/cache/kapp/target-image/release/kapp "$repo/target/release/kapp"; do
         [ -n "$b" ] && [ -x "$b" ] && { echo "$b"; return; }
     done
     die "no kapp binary: run image/build.sh (or set KAPP_BIN)"
