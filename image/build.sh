@@ -158,6 +158,9 @@ qemu-img convert -f raw -O qcow2 -c "$out/kapp.raw" "$out/kapp.qcow2"
 [ -e "$out/kapp.efi" ] && mv -f "$out/kapp.efi" "$out/kapp-a.efi"
 # The host tools (qemu/, kapp gen cluster) use the very kapp the image boots.
 install -m 0755 "$kapp_bin" "$out/host-kapp"
+if [ -x "$(dirname "$kapp_bin")/kappctl" ]; then
+    install -m 0755 "$(dirname "$kapp_bin")/kappctl" "$out/kappctl"
+fi
 rm -rf "$stage"
 (cd "$out" && sha256sum kapp.raw kapp.qcow2 kapp-a.efi kapp.root-a.raw > SHA256SUMS && cat SHA256SUMS)
 du_raw=$(du -m --apparent-size "$out/kapp.raw" | cut -f1)
