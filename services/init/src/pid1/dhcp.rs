@@ -126,6 +126,9 @@ fn mac_of(iface: &str) -> Result<[u8; 6], String> {
     Err(format!("{iface}: no MAC address"))
 }
 
+/// How long a DHCP client waits for an answer before sending its message again.
+const RESEND: Duration = Duration::from_secs(1);
+
 /// Get a lease on `iface` (which must be up), waiting at most `timeout` for each answer.
 pub fn obtain(iface: &str, timeout: Duration) -> Result<Lease, String> {
     use nix::sys::socket::{setsockopt, sockopt};
@@ -136,16 +139,23 @@ pub fn obtain(iface: &str, timeout: Duration) -> Result<Lease, String> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
     let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ nanos;
     let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    // Sent again every RESEND while no answer comes: the first packets after a link comes
+    // up can be dropped (its queue is activated asynchronously), and so can a reply.
     let exchange = |msg: Message, want: u8| -> Result<Message, String> {
-        socket.send_to(&msg.encode(), to).map_err(|e| format!("send: {e}"))?;
         let deadline = Instant::now() + timeout;
+        let mut resend = Instant::now();
         let mut buf = [0u8; 1500];
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Err(format!("no answer on {iface} within {}s", timeout.as_secs()));
             }
-            socket.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            if now >= resend {
+                socket.send_to(&msg.encode(), to).map_err(|e| format!("send: {e}"))?;
+                resend = now + RESEND;
+            }
+            socket.set_read_timeout(Some(left.min(resend.saturating_duration_since(now)).max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
             let n = match socket.recv(&mut buf) {
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
