@@ -17,3 +17,9 @@ pub mod validation;
 pub use k8s_openapi;
 pub use resource::{by_kind, by_plural, Resource, Subresource, RESOURCES};
 pub use validation::{validate, ErrorType, FieldError};
+
+/// What every written object goes through: Kubernetes' defaults, then validation.
+pub fn admit(r: &Resource, obj: &mut serde_json::Value) -> Result<(), Vec<FieldError>> {
+    defaults::apply(r, obj);
+    validate(r, obj)
+}

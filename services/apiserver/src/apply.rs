@@ -101,8 +101,7 @@ fn resolve(i: usize, raw: &Value) -> Result<Item, Vec<Value>> {
         if res.namespaced && obj["metadata"].is_object() {
             obj["metadata"]["namespace"] = json!(item.namespace);
         }
-        kapp_api::defaults::apply(res, &mut obj);
-        if let Err(errors) = validate(res, &obj) {
+        if let Err(errors) = kapp_api::admit(res, &mut obj) {
             let what = item.describe();
             return Err(errors.into_iter().map(|e| cause(i, &what, &e.field, e.to_string())).collect());
         }

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use kapp_api::{keys, validate, Resource, RESOURCES};
+use kapp_api::{keys, Resource, RESOURCES};
 use kapp_store_client::{Compare, EventKind, KeyRange, KeyValue, Op, RangeRequest, Refusal, StoreClient, StoreError, Txn, WatchItem};
 use kapp_tls::{Body, ClientAuth, Identity, Pem};
 use serde_json::{json, Value};
@@ -602,8 +602,7 @@ async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Response<Body> {
     }
     generate_name(&mut obj);
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    kapp_api::defaults::apply(t.res, &mut obj);
-    if let Err(errors) = validate(t.res, &obj) {
+    if let Err(errors) = kapp_api::admit(t.res, &mut obj) {
         return invalid(t, &name, errors);
     }
     if let Some(r) = refuse_if_terminating(ctx, t).await {
@@ -728,8 +727,7 @@ async fn rewrite(ctx: &Ctx, t: &Target, name: &str, expect: Option<i64>, change:
         if obj["metadata"]["name"].as_str() != Some(name) {
             return fail(400, "BadRequest", &format!("the name of the object does not match the name on the URL ({name})"));
         }
-        kapp_api::defaults::apply(t.res, &mut obj);
-        if let Err(errors) = validate(t.res, &obj) {
+        if let Err(errors) = kapp_api::admit(t.res, &mut obj) {
             return invalid(t, name, errors);
         }
         let meta = obj["metadata"].as_object_mut().expect("validated: metadata is a map");
