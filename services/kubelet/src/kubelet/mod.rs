@@ -435,8 +435,7 @@ async fn follow_node_routes(shared: Arc<Shared>, mut stop: tokio::sync::watch::R
         if !listed {
             continue;
         }
-        let all: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
-        let want = routes::desired(&all, &shared.cfg.node_name, shared.net.cidr);
+        let want = routes::desired(nodes.state().iter().map(|n| &**n), &shared.cfg.node_name, shared.net.cidr);
         if !forced && last.as_ref() == Some(&want) {
             continue;
         }

@@ -20,7 +20,7 @@ pub const ROUTE_PROTO: &str = "75";
 /// Pod CIDR → next hop: the routes this node should have. `own` is this node's pod CIDR;
 /// another node claiming an overlapping one is skipped (and logged), as is a node without
 /// a pod CIDR or an IPv4 InternalIP. Pure.
-pub fn desired(nodes: &[Node], me: &str, own: Cidr) -> BTreeMap<Cidr, Ipv4Addr> {
+pub fn desired<'a>(nodes: impl IntoIterator<Item = &'a Node>, me: &str, own: Cidr) -> BTreeMap<Cidr, Ipv4Addr> {
     let mut out = BTreeMap::new();
     for n in nodes {
         let name = n.metadata.name.as_deref().unwrap_or("");
