@@ -25,6 +25,8 @@ pub const KIND: &str = "MachineConfig";
 pub const APISERVER_PORT: u16 = 6443;
 /// The store's port (raft and clients) on every head.
 pub const STORE_PORT: u16 = 2380;
+/// The port of `kapp apilb` on a worker's loopback (the node's way to the apiservers).
+pub const APILB_PORT: u16 = 7445;
 /// The kubelet's port (logs endpoint) on every node.
 pub const KUBELET_PORT: u16 = 10250;
 /// The taint `--head-taint` puts on heads.

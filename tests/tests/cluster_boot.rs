@@ -4,7 +4,9 @@
 //! bridge in a network namespace this test makes. The heads form one store from the lists
 //! in their configs with no bootstrap step (one leader, every member agreeing), every
 //! node's services come up, the apiserver lists all four nodes to the read-only viewer,
-//! gitops on the heads applies the test's repository, and SIGTERM stops each node in order.
+//! gitops on the heads applies the test's repository, heads are labelled and tainted as
+//! heads, the worker keeps its apiserver when the first head drops off the network, and
+//! SIGTERM stops each node in order.
 //!
 //! Root only (skipped otherwise).
 
@@ -205,6 +207,42 @@ fn three_heads_and_a_worker_boot_from_generated_configs() {
         assert!(Instant::now() < seen, "nodes: {names}{}\nnamespace: {}", String::from_utf8_lossy(&nodes_out.stderr), String::from_utf8_lossy(&ns_out.stderr));
         std::thread::sleep(Duration::from_secs(1));
     }
+
+    // Heads carry the role label and (there is a worker) the NoSchedule taint; the worker
+    // neither.
+    let nodes_json = lan.cmd(Path::new("kubectl")).arg("--kubeconfig").arg(&kubeconfig).args(["get", "nodes", "-o", "json"]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&nodes_json.stdout).expect("kubectl get nodes -o json");
+    for node in list["items"].as_array().unwrap() {
+        let name = node["metadata"]["name"].as_str().unwrap();
+        let head = name.starts_with('h');
+        let role = node["metadata"]["labels"].get("node-role.kubernetes.io/control-plane");
+        let tainted = node["spec"]["taints"].as_array().into_iter().flatten().any(|t| t["key"] == "node-role.kubernetes.io/control-plane" && t["effect"] == "NoSchedule");
+        assert_eq!((role.is_some(), tainted), (head, head), "{name}: {node}");
+    }
+
+    // The first head drops off the network (its link goes down: no reset, no answer, as a
+    // machine losing power): the worker, which reached the apiservers through that head,
+    // keeps renewing its Lease through another, as seen from the second head.
+    let via_h2 = tmp.path().join("h2.kubeconfig");
+    std::fs::write(&via_h2, std::fs::read_to_string(&kubeconfig).unwrap().replace("https://10.77.0.11:6443", "https://10.77.0.12:6443")).unwrap();
+    let renew_time = || {
+        let out = lan.cmd(Path::new("kubectl")).arg("--kubeconfig").arg(&via_h2).args(["get", "lease", "-n", "kube-node-lease", "w1", "-o", "jsonpath={.spec.renewTime}"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(Command::new("ip").args(["-n", &lan.ns, "link", "set", "v-h1", "down"]));
+    let cut = renew_time();
+    let mut renewals = Vec::new();
+    let failover = Instant::now() + Duration::from_secs(90);
+    while renewals.len() < 2 {
+        std::thread::sleep(Duration::from_secs(1));
+        let t = renew_time();
+        if !t.is_empty() && t != cut && renewals.last() != Some(&t) {
+            renewals.push(t);
+        }
+        assert!(Instant::now() < failover, "w1 renewed its lease {} time(s) after h1 went away (last {cut:?})", renewals.len());
+    }
+    eprintln!("w1 renewed its lease at {renewals:?} with h1 unreachable");
+    run(Command::new("ip").args(["-n", &lan.ns, "link", "set", "v-h1", "up"]));
 
     // SIGTERM: each node stops its services in order and exits.
     for n in &nodes {

@@ -36,6 +36,8 @@ enum Command {
     StoreStatus(StoreStatusArgs),
     /// Run the node agent: the pods bound to this node, with libcontainer.
     Kubelet(KubeletArgs),
+    /// Forward a loopback port to whichever head's apiserver answers (workers).
+    Apilb(ApilbArgs),
     /// Generate cluster material offline.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -276,15 +278,18 @@ struct ClusterArgs {
     /// Sub-path of the repository to render.
     #[arg(long, default_value = "")]
     git_path: String,
-    /// Keep ordinary pods off the heads.
+    /// Let ordinary pods run on the heads too. Without it heads are tainted
+    /// `node-role.kubernetes.io/control-plane:NoSchedule` when there are workers (a cluster
+    /// of heads only always schedules on them).
     #[arg(long)]
-    head_taint: bool,
+    schedule_on_heads: bool,
     /// Directory to write into (must not hold a cluster already).
     #[arg(long)]
     out: PathBuf,
 }
 
 fn gen_cluster(a: ClusterArgs) -> Result<()> {
+    let head_taint = !a.schedule_on_heads && !a.workers.is_empty();
     let spec = kapp_bootstrap::cluster::ClusterSpec {
         name: a.name.clone(),
         heads: a.heads,
@@ -296,7 +301,7 @@ fn gen_cluster(a: ClusterArgs) -> Result<()> {
         git_url: a.git_url,
         git_branch: a.git_branch,
         git_path: a.git_path,
-        head_taint: a.head_taint,
+        head_taint,
     };
     let g = kapp_bootstrap::cluster::gen_cluster(&spec, &a.out)?;
     let kubeconfig = a.out.join("viewer.kubeconfig");
@@ -414,6 +419,28 @@ struct GitopsArgs {
 }
 
 #[derive(clap::Args)]
+struct ApilbArgs {
+    /// Where the node's services connect.
+    #[arg(long, default_value = "127.0.0.1:7445")]
+    listen: SocketAddr,
+    /// The heads' apiservers, `host:port`, comma-separated, in order of preference.
+    #[arg(long)]
+    backends: String,
+}
+
+async fn run_apilb(a: ApilbArgs) -> Result<()> {
+    let backends = a.backends.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let lb = kapp_apilb::Balancer::new(kapp_apilb::Config::new(backends))?;
+    let listener = kapp_apilb::Balancer::bind(a.listen).await?;
+    println!("kapp apilb listening on {} for {}", a.listen, a.backends);
+    tokio::select! {
+        _ = lb.serve(listener) => {}
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
 struct ProxyArgs {
     /// The apiserver, `https://host:port`.
     #[arg(long, default_value = "https://127.0.0.1:6443")]
@@ -514,6 +541,12 @@ struct KubeletArgs {
     /// does; a node's kubelet leaves them running).
     #[arg(long)]
     clean_on_exit: bool,
+    /// Labels of this Node, `key=value,...`.
+    #[arg(long, default_value = "", value_parser = kapp_kubelet::parse_labels)]
+    node_labels: std::collections::BTreeMap<String, String>,
+    /// Taints of this Node, `key[=value]:Effect,...`.
+    #[arg(long, default_value = "", value_parser = kapp_kubelet::parse_taints)]
+    register_with_taints: kapp_kubelet::Taints,
 }
 
 #[derive(clap::Args)]
@@ -643,6 +676,8 @@ async fn run_kubelet(a: KubeletArgs) -> Result<()> {
     cfg.import_dir = a.import_dir;
     cfg.bridge = a.bridge;
     cfg.netns_prefix = a.netns_prefix;
+    cfg.labels = a.node_labels;
+    cfg.taints = a.register_with_taints;
     let kubelet = kapp_kubelet::Kubelet::start(cfg).await?;
     shutdown_signal().await;
     if a.clean_on_exit {
@@ -796,6 +831,7 @@ fn main() -> Result<()> {
             Command::Proxy(a) => run_proxy(a).await,
             Command::Dns(a) => run_dns(a).await,
             Command::Kubelet(a) => run_kubelet(a).await,
+            Command::Apilb(a) => run_apilb(a).await,
             Command::Up(a) => run_up(a).await,
             Command::Down(a) => Ok(kapp_up::down(&up_config(&a.host)?, a.purge).await?),
             Command::Init(_) => unreachable!("handled before the runtime"),

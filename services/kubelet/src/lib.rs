@@ -15,4 +15,4 @@ pub mod runtime;
 mod fork;
 mod server;
 
-pub use kubelet::{Config, Kubelet, KubeletError};
+pub use kubelet::{parse_labels, parse_taints, Config, Taints, FlagError, Kubelet, KubeletError};

@@ -4,7 +4,8 @@
 //! `<address>:2380` as the initial members), the apiserver on `0.0.0.0:6443` (talking to
 //! its own store member first, then the others), scheduler, controllers and gitops, and —
 //! like every node — kubelet, proxy and dns against their own apiserver. Workers run
-//! kubelet, proxy and dns against the first head's apiserver. The cluster DNS address is
+//! `kapp apilb` on their loopback and kubelet, proxy and dns through it to whichever
+//! head's apiserver answers. The cluster DNS address is
 //! put on `lo` (pods reach it through their gateway; `kapp dns` binds it).
 
 use std::net::Ipv4Addr;
@@ -18,6 +19,18 @@ use crate::plan::{self, HeadPlan};
 
 /// Where the appliance image carries OCI layouts for the kubelet to import (air gap).
 pub const IMAGE_IMPORT_DIR: &str = "/usr/share/kapp/images";
+
+/// The label `kubectl get nodes` shows as a head's role.
+pub const HEAD_ROLE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+
+/// The machine config's labels, and the role label on heads.
+fn node_labels(cfg: &MachineConfig) -> std::collections::BTreeMap<String, String> {
+    let mut labels = cfg.node.labels.clone();
+    if cfg.head.is_some() {
+        labels.insert(HEAD_ROLE_LABEL.into(), String::new());
+    }
+    labels
+}
 
 /// Parse and validate a machine config and plan the node (`exe`: the `kapp` binary the
 /// services run as).
@@ -52,9 +65,19 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
             token_file: token_file.clone(),
         }
     });
-    let apiserver = match &head {
-        Some(_) => format!("https://127.0.0.1:{}", machine::APISERVER_PORT),
-        None => format!("https://{}:{}", head_ips.first().map_or(Ipv4Addr::LOCALHOST, |h| h.1), machine::APISERVER_PORT),
+    // A head's services use its own apiserver; a worker's go through `kapp apilb` on its
+    // loopback to every head's, starting with one picked by its name (spreading workers).
+    let (apiserver, apilb) = match &head {
+        Some(_) => (format!("https://127.0.0.1:{}", machine::APISERVER_PORT), None),
+        None => {
+            let mut backends: Vec<String> = head_ips.iter().map(|(_, ip)| format!("{ip}:{}", machine::APISERVER_PORT)).collect();
+            if !backends.is_empty() {
+                let first = cfg.node.name.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % backends.len();
+                backends.rotate_left(first);
+            }
+            let listen = format!("127.0.0.1:{}", machine::APILB_PORT);
+            (format!("https://{listen}"), Some((listen, backends)))
+        }
     };
     let services = plan::node_services(&plan::NodePlan {
         exe: exe.to_path_buf(),
@@ -75,6 +98,9 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
         // The images the appliance image carries (image/build.sh puts them there).
         import_dir: Some(PathBuf::from(IMAGE_IMPORT_DIR)),
         clean_on_exit: false,
+        labels: node_labels(cfg),
+        apilb,
+        taints: cfg.node.taints.iter().map(|t| if t.value.is_empty() { format!("{}:{}", t.key, t.effect) } else { format!("{}={}:{}", t.key, t.value, t.effect) }).collect(),
     });
     let files = cfg
         .identity_files()
@@ -163,12 +189,29 @@ mod tests {
                 }
             }
         }
+        assert_eq!(arg(kubelet, "--node-labels").as_deref(), Some("node-role.kubernetes.io/control-plane="));
+        assert_eq!(arg(kubelet, "--register-with-taints"), None, "no head taint asked for");
         let w1 = plan(3);
         let names: Vec<_> = w1.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["kubelet", "proxy", "dns"]);
-        assert!(w1.services.iter().all(|s| s.after.is_empty()));
-        assert_eq!(arg(&w1.services[0], "--apiserver").as_deref(), Some("https://10.77.0.11:6443"));
-        assert_eq!(arg(&w1.services[0], "--listen").as_deref(), Some("10.77.0.21:10250"));
+        assert_eq!(names, ["apilb", "kubelet", "proxy", "dns"]);
+        assert!(w1.services[1..].iter().all(|s| s.after == ["apilb"]));
+        // The worker reaches every head through its balancer, starting with one of them.
+        let mut backends: Vec<String> = arg(&w1.services[0], "--backends").unwrap().split(',').map(str::to_string).collect();
+        assert_eq!(arg(&w1.services[0], "--listen").as_deref(), Some("127.0.0.1:7445"));
+        backends.sort();
+        assert_eq!(backends, ["10.77.0.11:6443", "10.77.0.12:6443", "10.77.0.13:6443"]);
+        assert!(w1.services[1..].iter().all(|s| arg(s, "--apiserver").as_deref() == Some("https://127.0.0.1:7445")));
+        assert_eq!(arg(&w1.services[1], "--listen").as_deref(), Some("10.77.0.21:10250"));
+        assert_eq!(arg(&w1.services[1], "--node-labels"), None);
+        // The machine config's labels and taints reach the kubelet in its flags' syntax.
+        let mut cfg = MachineConfig::parse(&std::fs::read_to_string(&g.configs[0]).unwrap()).unwrap();
+        cfg.node.labels.insert("zone".into(), "a".into());
+        cfg.node.taints.push(machine::Taint { key: machine::HEAD_TAINT_KEY.into(), value: String::new(), effect: "NoSchedule".into() });
+        cfg.node.taints.push(machine::Taint { key: "gpu".into(), value: "yes".into(), effect: "NoExecute".into() });
+        let h1 = from_config(&cfg, &paths, exe);
+        let kubelet = h1.services.iter().find(|s| s.name == "kubelet").unwrap();
+        assert_eq!(arg(kubelet, "--node-labels").as_deref(), Some("node-role.kubernetes.io/control-plane=,zone=a"));
+        assert_eq!(arg(kubelet, "--register-with-taints").as_deref(), Some("node-role.kubernetes.io/control-plane:NoSchedule,gpu=yes:NoExecute"));
         assert_eq!(w1.files.len(), 3);
         // A broken config names its field.
         let e = plan_node("apiVersion: kapp.dev/v1\nkind: MachineConfig\n", &paths, exe).unwrap_err();

@@ -1,6 +1,7 @@
 //! The node's services as the supervisor runs them: one `kapp <service>` process each, in
 //! dependency order (store → apiserver → everything else). Pure.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -80,6 +81,12 @@ pub struct NodePlan {
     pub import_dir: Option<PathBuf>,
     /// The kubelet stops its pods when it exits (`kapp up`).
     pub clean_on_exit: bool,
+    /// The Node's labels and taints (`key[=value]:Effect`), given to the kubelet.
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<String>,
+    /// A node without its own apiserver: `kapp apilb` listens here (what `apiserver` names)
+    /// and forwards to these apiservers, `host:port`, in order of preference.
+    pub apilb: Option<(String, Vec<String>)>,
 }
 
 /// Every service of the all-in-one node.
@@ -115,6 +122,10 @@ pub fn services(cfg: &UpConfig, layout: &Layout, host: &HostFacts) -> Vec<Servic
         upstream_dns: host.upstream_dns.clone(),
         import_dir: Some(layout.images()),
         clean_on_exit: true,
+        // The one node is a head (untainted: it is also the only place pods can run).
+        labels: BTreeMap::from([(crate::node::HEAD_ROLE_LABEL.to_string(), String::new())]),
+        taints: Vec::new(),
+        apilb: None,
     })
 }
 
@@ -132,7 +143,14 @@ pub fn node_services(p: &NodePlan) -> Vec<ServiceSpec> {
         head
     };
     let mut specs = Vec::new();
-    let node_after: &[&str] = if p.head.is_some() { &["apiserver"] } else { &[] };
+    let node_after: &[&str] = match (&p.head, &p.apilb) {
+        (Some(_), _) => &["apiserver"],
+        (None, Some(_)) => &["apilb"],
+        (None, None) => &[],
+    };
+    if let Some((listen, backends)) = &p.apilb {
+        specs.push(spec(exe, "apilb", strings(&["apilb", "--listen", listen, "--backends", &backends.join(",")]), &[], "kapp apilb listening", short));
+    }
     if let Some(h) = &p.head {
         let members = h.members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
         let mut store = strings(&["store", "--id", &h.member_id.to_string(), "--listen", &h.store_listen, "--members", &members, "--data-dir"]);
@@ -187,6 +205,13 @@ pub fn node_services(p: &NodePlan) -> Vec<ServiceSpec> {
     kubelet.extend(strings(&["--bridge", &p.bridge, "--netns-prefix", &p.netns_prefix]));
     if p.clean_on_exit {
         kubelet.push("--clean-on-exit".into());
+    }
+    if !p.labels.is_empty() {
+        let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        kubelet.extend(["--node-labels".to_string(), labels.join(",")]);
+    }
+    if !p.taints.is_empty() {
+        kubelet.extend(["--register-with-taints".to_string(), p.taints.join(",")]);
     }
     specs.extend([
         // Pods get their whole grace period (30 s by default) and then some.

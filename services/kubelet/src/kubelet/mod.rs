@@ -9,7 +9,7 @@ pub mod probe;
 mod prober;
 pub mod volumes;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -87,6 +87,12 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How often the routes to other nodes' pods are checked and repaired without a change.
     pub route_resync: Duration,
+    /// Labels the Node carries besides the well-known `kubernetes.io/{hostname,os,arch}`
+    /// (the machine config's, and the role label on heads); set at every registration.
+    pub labels: BTreeMap<String, String>,
+    /// Taints the Node carries (the machine config's); added at every registration when
+    /// missing, never removed from it (others', like the node controller's, stay too).
+    pub taints: Vec<Taint>,
 }
 
 impl Config {
@@ -115,6 +121,8 @@ impl Config {
             pids_limit: 4096,
             heartbeat: Duration::from_secs(10),
             route_resync: Duration::from_secs(30),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
         }
     }
 }
@@ -359,18 +367,91 @@ async fn register(shared: &Shared) -> Result<(), KubeletError> {
     let cfg = &shared.cfg;
     let api: Api<Node> = Api::all(shared.client.clone());
     let err = |source| KubeletError::Register { node: cfg.node_name.clone(), source };
-    let labels = json!({"kubernetes.io/hostname": cfg.node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"});
-    let spec = json!({"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]});
+    let mut labels = cfg.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), cfg.node_name.clone());
+    labels.insert("kubernetes.io/os".into(), "linux".into());
+    labels.insert("kubernetes.io/arch".into(), "amd64".into());
+    let spec = json!({"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr], "taints": cfg.taints});
     let node: Node = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": cfg.node_name, "labels": labels}, "spec": spec})).expect("a node");
     match api.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = api.get(&cfg.node_name).await.map_err(err)?;
+            let taints = with_taints(existing.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default(), &cfg.taints);
+            let spec = json!({"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr], "taints": taints});
             api.patch(&cfg.node_name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels}, "spec": spec}))).await.map_err(err)?;
         }
         Err(e) => return Err(err(e)),
     }
     api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(json!({"status": node_status(shared)}))).await.map_err(err)?;
     Ok(())
+}
+
+/// A `--node-labels` or `--register-with-taints` value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{item:?}: {reason}")]
+pub struct FlagError {
+    pub item: String,
+    pub reason: &'static str,
+}
+
+/// `key=value,key2=value2` (the kubelet's `--node-labels` syntax); empty → no labels.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, FlagError> {
+    let mut out = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = |reason| FlagError { item: item.to_string(), reason };
+        let (k, v) = item.split_once('=').ok_or_else(|| bad("is not key=value"))?;
+        if !kapp_api::validation::is_qualified_name(k) {
+            return Err(bad("the key is not a valid label key"));
+        }
+        if !kapp_api::validation::is_label_value(v) {
+            return Err(bad("the value is not a valid label value"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// A Node's taints (one name, so that a command-line parser takes them as one value).
+pub type Taints = Vec<Taint>;
+
+/// `key[=value]:Effect,...` (the kubelet's `--register-with-taints` syntax).
+pub fn parse_taints(s: &str) -> Result<Taints, FlagError> {
+    let mut out: Vec<Taint> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = |reason| FlagError { item: item.to_string(), reason };
+        let (kv, effect) = item.rsplit_once(':').ok_or_else(|| bad("is not key[=value]:Effect"))?;
+        if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+            return Err(bad("the effect is not NoSchedule, PreferNoSchedule or NoExecute"));
+        }
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        if !kapp_api::validation::is_qualified_name(key) {
+            return Err(bad("the key is not a valid taint key"));
+        }
+        if value.as_deref().is_some_and(|v| !kapp_api::validation::is_label_value(v)) {
+            return Err(bad("the value is not a valid taint value"));
+        }
+        if out.iter().any(|t| t.key == key && t.effect == effect) {
+            return Err(bad("a taint with this key and effect is given twice"));
+        }
+        out.push(Taint { key: key.to_string(), value, effect: effect.to_string(), time_added: None });
+    }
+    Ok(out)
+}
+
+/// The Node's taints after registration: all it has, plus each configured one it lacks
+/// (one per key and effect, as the apiserver requires).
+fn with_taints(existing: &[Taint], configured: &[Taint]) -> Vec<Taint> {
+    let mut out = existing.to_vec();
+    for t in configured {
+        if !out.iter().any(|e| e.key == t.key && e.effect == t.effect) {
+            out.push(t.clone());
+        }
+    }
+    out
 }
 
 /// Renew the Lease and the Node status every heartbeat.
@@ -488,5 +569,42 @@ async fn watch_pods(shared: Arc<Shared>, writer: reflector::store::Writer<Pod>, 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taint(key: &str, effect: &str) -> Taint {
+        Taint { key: key.into(), effect: effect.into(), value: None, time_added: None }
+    }
+
+    #[test]
+    fn registration_adds_missing_taints_and_keeps_the_rest() {
+        let unreachable = taint("node.kubernetes.io/unreachable", "NoExecute");
+        let head = taint("node-role.kubernetes.io/control-plane", "NoSchedule");
+        // The node controller's taint stays; ours is added once, not twice.
+        assert_eq!(with_taints(&[unreachable.clone()], &[head.clone()]), [unreachable.clone(), head.clone()]);
+        assert_eq!(with_taints(&[head.clone(), unreachable.clone()], &[head.clone()]), [head.clone(), unreachable]);
+        // Same key, another effect: a different taint.
+        let no_exec = taint("node-role.kubernetes.io/control-plane", "NoExecute");
+        assert_eq!(with_taints(&[head.clone()], &[no_exec.clone()]), [head, no_exec]);
+    }
+
+    #[test]
+    fn flags_parse_like_the_kubelets_and_bad_items_are_named() {
+        let l = parse_labels("zone=a, node-role.kubernetes.io/control-plane=").unwrap();
+        assert_eq!(l.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(l.get("node-role.kubernetes.io/control-plane").map(String::as_str), Some(""));
+        assert!(parse_labels("").unwrap().is_empty());
+        assert_eq!(parse_labels("zone").unwrap_err().to_string(), "\"zone\": is not key=value");
+        assert!(parse_labels("bad key=x").is_err());
+        let t = parse_taints("node-role.kubernetes.io/control-plane:NoSchedule,gpu=yes:NoExecute").unwrap();
+        assert_eq!(t[0], taint("node-role.kubernetes.io/control-plane", "NoSchedule"));
+        assert_eq!((t[1].key.as_str(), t[1].value.as_deref(), t[1].effect.as_str()), ("gpu", Some("yes"), "NoExecute"));
+        assert!(parse_taints("gpu=yes").unwrap_err().to_string().contains("key[=value]:Effect"));
+        assert!(parse_taints("gpu:Sometimes").unwrap_err().to_string().contains("effect"));
+        assert!(parse_taints("a:NoSchedule,a=b:NoSchedule").unwrap_err().to_string().contains("twice"));
     }
 }
