@@ -135,6 +135,10 @@ chroot "$mnt" /usr/sbin/nft --version
 chroot "$mnt" /usr/sbin/conntrack --version
 chroot "$mnt" /usr/bin/ip -V
 chroot "$mnt" /usr/sbin/mkfs.ext4 -V 2>&1 | head -1
+# resize2fs grows /var when the disk grew; it has no version flag (usage: exit 1).
+v=$(chroot "$mnt" /usr/sbin/resize2fs 2>&1 | head -1 || true)
+[[ $v == "resize2fs "* ]] || { echo "resize2fs does not run in the root: $v" >&2; exit 1; }
+echo "$v"
 chroot "$mnt" /usr/sbin/modprobe --version
 # The modules PID 1 loads (kapp-init's NODE_MODULES) and the ones the root and ESP need.
 dep=$(ls -d "$mnt"/usr/lib/modules/*/)modules.dep

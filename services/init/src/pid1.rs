@@ -20,9 +20,11 @@
 //! PID 1 never panics out: [`run`] catches a panic, says so, and (as PID 1) waits forever
 //! reaping, since the kernel panics when init exits.
 
+pub mod boot;
 pub mod config_source;
 pub mod dhcp;
 pub mod disk;
+pub mod gpt;
 pub mod modules;
 pub mod mounts;
 pub mod net;
@@ -58,7 +60,9 @@ pub struct Options {
     pub set_clock: bool,
     /// Each service runs in the cgroup2 group `<root>/sys/fs/cgroup/<cgroup>/<service>`
     /// (when cgroup2 is mounted there).
-    pub cgroup: Option<String>,
+    pub cgroup: Option<String>,    /// Once the node is ready, mark this boot good for systemd-boot's boot counting
+    /// ([`boot`]).
+    pub mark_boot: bool,
 }
 
 impl Options {
@@ -77,6 +81,7 @@ impl Options {
             state_label: disk::STATE_LABEL.into(),
             set_clock: true,
             cgroup: Some("kapp".into()),
+            mark_boot: true,
         }
     }
 }
@@ -413,7 +418,12 @@ async fn node(opts: &Options, plan_fn: &dyn Fn(&str, &Paths) -> Result<NodePlan,
     }
     match disk::prepare_state(&opts.root, &opts.state_label) {
         Ok(disk::State::NoPartition) => say(&format!("no partition labelled {}: state stays on the root filesystem's /var", opts.state_label)),
-        Ok(disk::State::Mounted { device, formatted }) => say(&format!("state partition {device}{} mounted at /var", if formatted { " formatted (ext4) and" } else { "" })),
+        Ok(disk::State::Mounted { device, formatted, grown }) => {
+            if let Some(bytes) = grown {
+                say(&format!("state partition {device} grown to the end of its disk ({} MiB)", bytes >> 20));
+            }
+            say(&format!("state partition {device}{} mounted at /var", if formatted { " formatted (ext4) and" } else { "" }))
+        }
         Err(e) => say(&format!("state partition: {e}")),
     }
     if let Err(e) = write_files(&paths, &plan.files) {
@@ -434,7 +444,7 @@ async fn node(opts: &Options, plan_fn: &dyn Fn(&str, &Paths) -> Result<NodePlan,
         }
     };
     let ending = tokio::select! {
-        _ = report(&sup, &plan.node) => Ending::PowerOff,
+        _ = report(&sup, &plan.node, opts.mark_boot.then_some(opts.root.as_path())) => Ending::PowerOff,
         e = signals.next() => e,
     };
     say(&format!("stopping ({}): services in reverse dependency order", if ending == Ending::PowerOff { "SIGTERM: power off" } else { "SIGINT: reboot" }));
@@ -472,8 +482,9 @@ fn announce_stops(states: &BTreeMap<String, ServiceState>, seen: &mut BTreeMap<S
 }
 
 /// Console lines for the services' progress: each first ready, the node ready once all
-/// were, and each exit with the service's last lines. Never returns.
-async fn report(sup: &Supervisor, node: &str) {
+/// were (then the boot is marked good if `mark_boot` names the root), and each exit with
+/// the service's last lines. Never returns.
+async fn report(sup: &Supervisor, node: &str, mark_boot: Option<&Path>) {
     let mut states = sup.states();
     let mut ready = std::collections::BTreeSet::new();
     let mut node_ready = false;
@@ -499,6 +510,11 @@ async fn report(sup: &Supervisor, node: &str) {
         if !node_ready && !last.is_empty() && ready.len() == last.len() {
             node_ready = true;
             say(&format!("node {node} ready"));
+            if let Some(root) = mark_boot {
+                let root = root.to_path_buf();
+                let line = tokio::task::spawn_blocking(move || boot::mark_this_boot_good(&root)).await.unwrap_or_else(|e| format!("boot: {e}"));
+                say(&line);
+            }
         }
         if states.changed().await.is_err() {
             std::future::pending::<()>().await;

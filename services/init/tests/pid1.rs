@@ -73,6 +73,7 @@ fn child() {
         state_label: "kapp-state-test-none".into(),
         set_clock: false,
         cgroup: Some(format!("kapp-pid1-test-{}", std::env::var("KAPP_PID1_TEST_ID").unwrap_or_default())),
+        mark_boot: false,
     };
     std::process::exit(pid1::run(opts, plan));
 }

@@ -76,6 +76,8 @@ fn run_init(a: InitArgs) -> i32 {
     opts.root = a.root;
     opts.config = a.config;
     opts.reboot = !a.no_reboot;
+    // Only the machine's own init touches its ESP (tests run with --no-reboot).
+    opts.mark_boot = !a.no_reboot;
     opts.console = a.console;
     kapp_init::pid1::run(opts, |yaml, paths| {
         // /proc is mounted by now.

@@ -1,5 +1,5 @@
-//! The state partition: found by its GPT partition label, formatted ext4 on first boot,
-//! mounted at `/var`.
+//! The state partition: found by its GPT partition label, grown to the end of its disk
+//! (see [`super::gpt`]), formatted ext4 on first boot, mounted at `/var`.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 pub const STATE_LABEL: &str = "kapp-state";
 const MKFS: &str = "/sbin/mkfs.ext4";
-const MKFS_TIMEOUT: Duration = Duration::from_secs(300);
+const RESIZE2FS: &str = "/sbin/resize2fs";
+const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -44,17 +45,27 @@ pub fn has_ext4(device: &Path) -> Result<bool, DiskError> {
 
 /// Make an ext4 filesystem labelled `label` on `device` with `mkfs` (bounded in time).
 pub fn format(mkfs: &Path, device: &Path, label: &str) -> Result<(), DiskError> {
-    let command = format!("{} -q -F -L {label} {}", mkfs.display(), device.display());
+    run_tool(mkfs, &["-q", "-F", "-L", label], device)
+}
+
+/// Grow the (mounted) ext4 filesystem on `device` to its partition's size, online.
+pub fn resize(resize2fs: &Path, device: &Path) -> Result<(), DiskError> {
+    run_tool(resize2fs, &[], device)
+}
+
+/// Run `tool args device`, bounded by [`TOOL_TIMEOUT`]; its stderr in the error.
+fn run_tool(tool: &Path, args: &[&str], device: &Path) -> Result<(), DiskError> {
+    let command = format!("{} {} {}", tool.display(), args.join(" "), device.display());
     let fail = |reason: String| DiskError::Command { command: command.clone(), reason };
-    let mut child = std::process::Command::new(mkfs)
-        .args(["-q", "-F", "-L", label])
+    let mut child = std::process::Command::new(tool)
+        .args(args)
         .arg(device)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| fail(e.to_string()))?;
-    let deadline = Instant::now() + MKFS_TIMEOUT;
+    let deadline = Instant::now() + TOOL_TIMEOUT;
     loop {
         match child.try_wait().map_err(|e| fail(e.to_string()))? {
             Some(status) if status.success() => return Ok(()),
@@ -68,11 +79,31 @@ pub fn format(mkfs: &Path, device: &Path, label: &str) -> Result<(), DiskError> 
             None if Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(fail(format!("still running after {}s", MKFS_TIMEOUT.as_secs())));
+                return Err(fail(format!("still running after {}s", TOOL_TIMEOUT.as_secs())));
             }
             None => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// Grow partition `name` (of the disk it is on, per sysfs under `root`) to the disk's end.
+fn grow_partition(root: &Path, name: &str, label: &str) -> Result<Option<super::gpt::Grown>, String> {
+    let sys = root.join("sys/class/block").join(name);
+    let real = std::fs::canonicalize(&sys).map_err(|e| format!("{}: {e}", sys.display()))?;
+    let disk = real.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| format!("{}: no parent disk", real.display()))?;
+    let read = |f: &str| -> Result<u64, String> {
+        let p = root.join("sys/class/block").join(&disk).join(f);
+        std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?.trim().parse().map_err(|e| format!("{}: {e}", p.display()))
+    };
+    // sysfs counts 512-byte sectors whatever the block size.
+    let (bytes, lbs) = (read("size")? * 512, read("queue/logical_block_size")?);
+    let dev = root.join("dev").join(&disk);
+    let grown = super::gpt::grow_table(&dev, bytes, lbs, label).map_err(|e| format!("{}: {e}", dev.display()))?;
+    if let Some(g) = &grown {
+        let f = std::fs::File::open(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+        super::gpt::resize_in_kernel(&f, g).map_err(|e| e.to_string())?;
+    }
+    Ok(grown)
 }
 
 /// What [`prepare_state`] did.
@@ -80,7 +111,8 @@ pub fn format(mkfs: &Path, device: &Path, label: &str) -> Result<(), DiskError> 
 pub enum State {
     /// No partition with the label: state stays on the root filesystem's /var.
     NoPartition,
-    Mounted { device: String, formatted: bool },
+    /// `grown`: the partition's new size in bytes when it was grown to the disk's end.
+    Mounted { device: String, formatted: bool, grown: Option<u64> },
 }
 
 /// Find the state partition under `root`, format it if it has no filesystem, mount it at
@@ -90,12 +122,26 @@ pub fn prepare_state(root: &Path, label: &str) -> Result<State, String> {
         return Ok(State::NoPartition);
     };
     let device = root.join("dev").join(&name);
+    // The image's state partition is small; the disk it was written to usually is not.
+    let grown = match grow_partition(root, &name, label) {
+        Ok(g) => g.map(|g| g.new_size),
+        Err(e) => {
+            super::say(&format!("state partition {name}: not grown: {e}"));
+            None
+        }
+    };
     let formatted = !has_ext4(&device).map_err(|e| e.to_string())?;
     if formatted {
         let mkfs = root.join(MKFS.trim_start_matches('/'));
         format(&mkfs, &device, label).map_err(|e| e.to_string())?;
     }
     super::mounts::mount_device(&device, &root.join("var"), "ext4", false).map_err(|e| e.to_string())?;
+    if grown.is_some() && !formatted {
+        // A filesystem made before the disk grew: grow it too, online.
+        if let Err(e) = resize(&root.join(RESIZE2FS.trim_start_matches('/')), &device) {
+            super::say(&format!("state partition {name}: filesystem not grown: {e}"));
+        }
+    }
     // What the root file system's /var had: the conventional links into /run.
     for (link, to) in [("var/run", "../run"), ("var/lock", "../run/lock")] {
         let path = root.join(link);
@@ -103,7 +149,7 @@ pub fn prepare_state(root: &Path, label: &str) -> Result<State, String> {
             std::os::unix::fs::symlink(to, &path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    Ok(State::Mounted { device: name, formatted })
+    Ok(State::Mounted { device: name, formatted, grown })
 }
 
 #[cfg(test)]
