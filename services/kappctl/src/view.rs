@@ -529,7 +529,13 @@ pub fn pod_problem(pod: &Value) -> Option<PodProblem> {
     }
     let all_ready = !statuses.is_empty() && st["containerStatuses"].as_array().is_some_and(|cs| cs.iter().all(|c| c["ready"].as_bool() == Some(true)));
     if phase == "Running" && all_ready {
-        return None;
+        // Its containers were ready when last heard of, but the pod is not (the node
+        // controller marks the pods of an unreachable node not ready).
+        let ready = condition(pod, "Ready").filter(|c| c["status"] == "False");
+        let Some(c) = ready else { return None };
+        p.reason = c["reason"].as_str().filter(|r| !r.is_empty()).unwrap_or("NotReady").to_string();
+        p.message = if p.reason == "NodeUnreachable" { format!("node {} is unreachable", p.node) } else { s(&c["message"]) };
+        return Some(p);
     }
     if let Some(c) = condition(pod, "PodScheduled").filter(|c| c["status"] == "False") {
         p.reason = c["reason"].as_str().filter(|r| !r.is_empty()).unwrap_or("Unschedulable").to_string();
@@ -709,6 +715,11 @@ mod tests {
         assert!(pod_problem(&json!({"status": {"phase": "Succeeded"}})).is_none());
         let not_ready = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": false, "state": {"running": {}}}]}});
         assert_eq!(pod_problem(&not_ready).unwrap().reason, "NotReady");
+        let mut unreachable = fine.clone();
+        unreachable["spec"]["nodeName"] = json!("w2");
+        unreachable["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "NodeUnreachable"}]);
+        let p = pod_problem(&unreachable).unwrap();
+        assert_eq!((p.reason.as_str(), p.message.as_str()), ("NodeUnreachable", "node w2 is unreachable"));
         assert_eq!(pod_problem(&json!({"metadata": {"name": "x"}})).unwrap().reason, "Pending");
     }
 
