@@ -121,7 +121,7 @@ pub fn gen_cluster(spec: &ClusterSpec, out: &Path) -> Result<Generated, GenError
                 controllers: controllers.clone(),
                 gitops: gitops.clone(),
                 secret_key: secret_key.clone(),
-                git: Git { url: spec.git_url.clone(), branch: spec.git_branch.clone(), path: spec.git_path.clone(), interval_seconds: 15, token: None },
+                git: Git { url: spec.git_url.clone(), branch: spec.git_branch.clone(), path: spec.git_path.clone(), interval_seconds: 15, token: None, trusted_keys: vec![] },
             }),
         };
         let taints = if role == Role::Head && spec.head_taint {

@@ -192,6 +192,10 @@ pub struct Git {
     /// An HTTPS token for the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// When set, only commits signed (SSH signatures, git's `gpg.format=ssh`) by one of these
+    /// keys (`authorized_keys` lines) are applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
 }
 
 fn default_interval() -> u64 {
@@ -410,6 +414,14 @@ impl MachineConfig {
         if g.branch.as_deref() == Some("") {
             return err("head.git.branch", "empty (leave it out to follow the repository's HEAD)");
         }
+        for (i, k) in g.trusted_keys.iter().enumerate() {
+            let mut parts = k.split_whitespace();
+            let kind = parts.next().unwrap_or("");
+            let data_ok = parts.next().is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c)));
+            if !["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256"].contains(&kind) || !data_ok {
+                return err(format!("head.git.trustedKeys[{i}]"), format!("{k:?} is not an authorized_keys line of an ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256 key"));
+            }
+        }
         Ok(())
     }
 
@@ -430,6 +442,9 @@ impl MachineConfig {
             files.push(("secret.key".into(), h.secret_key.clone(), true));
             if let Some(t) = &h.git.token {
                 files.push(("git-token".into(), t.clone(), true));
+            }
+            if !h.git.trusted_keys.is_empty() {
+                files.push(("git-trusted-keys".into(), h.git.trusted_keys.join("\n") + "\n", false));
             }
         }
         files

@@ -171,6 +171,7 @@ fn each_rule_is_refused_naming_its_field() {
         ("scheduler group", &head, Box::new(|c| { let h = c.head.as_mut().unwrap(); h.scheduler = h.controllers.clone(); }), "head.scheduler.certificate", "common name \"controllers\" is not \"scheduler\""),
         ("secret key", &head, Box::new(|c| c.head.as_mut().unwrap().secret_key = "abc".into()), "head.secretKey", "64 hex characters"),
         ("git url", &head, Box::new(|c| c.head.as_mut().unwrap().git.url = "ssh://x".into()), "head.git.url", "is not a file://"),
+        ("trusted key", &head, Box::new(|c| c.head.as_mut().unwrap().git.trusted_keys = vec!["ssh-ed25519 AAAAC3Nz ops".into(), "ssh-dss AAAA".into()]), "head.git.trustedKeys[1]", "is not an authorized_keys line"),
         ("taint effect", &worker, Box::new(|c| c.node.taints = vec![kapp_bootstrap::machine::Taint { key: "a".into(), value: String::new(), effect: "Never".into() }]), "node.taints[0].effect", "is not NoSchedule"),
         ("label", &worker, Box::new(|c| { c.node.labels.insert("a".into(), "not valid!".into()); }), "node.labels[a]", "is not a valid label"),
     ];

@@ -13,6 +13,7 @@
 pub mod plan;
 pub mod reconcile;
 pub mod source;
+pub mod trust;
 pub mod webhook;
 
 pub use reconcile::{Gitops, GitopsConfig, SyncFailure};

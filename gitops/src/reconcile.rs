@@ -142,6 +142,10 @@ impl Gitops {
             self.status.fetched_commit = Some(fetched.commit.clone());
             self.status.last_fetch_time = now_rfc3339();
         }
+        if let Some(why) = &fetched.untrusted {
+            let reason = format!("signature: {why}");
+            return Err(SyncFailure::Invalid(vec![SyncError { reason, ..Default::default() }]));
+        }
         let desired = match &self.rendered {
             Some((sha, r)) if *sha == fetched.commit.sha => r.clone(),
             _ => {

@@ -35,6 +35,8 @@ pub struct Source {
     pub timeout: Duration,
     /// Most bytes downloaded in one fetch, and most bytes of one exported tree.
     pub max_bytes: u64,
+    /// When not empty, only commits signed by one of these keys are used.
+    pub trusted_keys: Vec<crate::trust::TrustedKey>,
 }
 
 /// Why a fetch failed.
@@ -71,7 +73,11 @@ fn refspec(r: &GitRef) -> Result<Option<String>, SourceError> {
 #[derive(Debug)]
 pub struct Fetched {
     pub commit: CommitInfo,
+    /// Where its tree is (empty when the commit is untrusted: nothing is exported).
     pub dir: PathBuf,
+    /// Why the commit may not be applied: trusted keys are configured and it is not signed
+    /// by one of them.
+    pub untrusted: Option<String>,
 }
 
 /// Fetch `src` into the bare repository at `state/repo` and export the commit's tree into
@@ -130,6 +136,11 @@ pub fn fetch(state: &Path, src: &Source) -> Result<Fetched, SourceError> {
         author: format!("{} <{}>", commit.author().name().unwrap_or(""), commit.author().email().unwrap_or("")),
         time: kapp_api::table::format_rfc3339(commit.time().seconds()),
     };
+    if !src.trusted_keys.is_empty() {
+        if let Err(e) = crate::trust::verify_commit(&repo, commit.id(), &src.trusted_keys) {
+            return Ok(Fetched { commit: info, dir: PathBuf::new(), untrusted: Some(e.to_string()) });
+        }
+    }
     let trees = state.join("trees");
     let dir = trees.join(&sha);
     if !dir.join(".kapp-complete").exists() {
@@ -150,7 +161,7 @@ pub fn fetch(state: &Path, src: &Source) -> Result<Fetched, SourceError> {
             }
         }
     }
-    Ok(Fetched { commit: info, dir })
+    Ok(Fetched { commit: info, dir, untrusted: None })
 }
 
 /// Write the blobs of `tree` under `dir`; symlinks and submodules are skipped (a symlink

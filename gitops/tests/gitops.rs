@@ -46,7 +46,7 @@ fn commit(repo: &Path, files: &[(&str, &str)], remove: &[&str], message: &str) -
 fn config(url: String, state: PathBuf) -> GitopsConfig {
     GitopsConfig {
         name: "cluster".into(),
-        source: Source { url, git_ref: GitRef { branch: Some("main".into()), ..Default::default() }, auth: Auth::None, timeout: Duration::from_secs(30), max_bytes: 64 << 20 },
+        source: Source { url, git_ref: GitRef { branch: Some("main".into()), ..Default::default() }, auth: Auth::None, timeout: Duration::from_secs(30), max_bytes: 64 << 20, trusted_keys: vec![] },
         path: String::new(),
         interval: Duration::from_millis(200),
         state_dir: state,

@@ -394,6 +394,9 @@ struct GitopsArgs {
     /// File holding an HTTPS token for the repository.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Apply only commits signed by a key in this file (`authorized_keys` lines).
+    #[arg(long)]
+    trusted_keys: Option<PathBuf>,
     /// Seconds between polls.
     #[arg(long, default_value_t = 15)]
     interval: u64,
@@ -703,6 +706,15 @@ async fn run_gitops(a: GitopsArgs) -> Result<()> {
         auth,
         timeout: Duration::from_secs(a.fetch_timeout),
         max_bytes: a.max_repo_bytes,
+        trusted_keys: match &a.trusted_keys {
+            None => vec![],
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+                let keys = kapp_gitops::trust::parse_keys(text.lines()).with_context(|| p.display().to_string())?;
+                anyhow::ensure!(!keys.is_empty(), "{}: no trusted key in it (leave --trusted-keys out to apply unsigned commits)", p.display());
+                keys
+            }
+        },
     };
     std::fs::create_dir_all(&a.state_dir).with_context(|| format!("create {}", a.state_dir.display()))?;
     let cfg = kapp_gitops::GitopsConfig { name: a.name.clone(), source, path: a.path.clone(), interval: Duration::from_secs(a.interval.max(1)), state_dir: a.state_dir.clone() };

@@ -47,6 +47,7 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
     let node_ip = cfg.node_address().or(paths.leased_address).unwrap_or(Ipv4Addr::LOCALHOST);
     let head_ips: Vec<(u64, Ipv4Addr)> = cfg.store_members();
     let token_file = cfg.head.as_ref().and_then(|h| h.git.token.as_ref()).map(|_| layout.pki().join("git-token"));
+    let trusted_keys_file = cfg.head.as_ref().filter(|h| !h.git.trusted_keys.is_empty()).map(|_| layout.pki().join("git-trusted-keys"));
     let head = cfg.head.as_ref().map(|h| {
         let member_id = head_ips.iter().find(|(_, ip)| *ip == node_ip).map_or(1, |(id, _)| *id);
         let store = |ip: Ipv4Addr| format!("{ip}:{}", machine::STORE_PORT);
@@ -63,6 +64,7 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
             path: h.git.path.clone(),
             interval_secs: h.git.interval_seconds,
             token_file: token_file.clone(),
+            trusted_keys_file: trusted_keys_file.clone(),
         }
     });
     // A head's services use its own apiserver; a worker's go through `kapp apilb` on its

@@ -55,6 +55,8 @@ pub struct HeadPlan {
     pub path: String,
     pub interval_secs: u64,
     pub token_file: Option<PathBuf>,
+    /// Only commits signed by a key in this file are applied.
+    pub trusted_keys_file: Option<PathBuf>,
 }
 
 /// One node's services, however it is configured (`kapp up`, a machine config).
@@ -103,6 +105,7 @@ pub fn services(cfg: &UpConfig, layout: &Layout, host: &HostFacts) -> Vec<Servic
         path: cfg.path.clone(),
         interval_secs: cfg.interval.as_secs().max(1),
         token_file: None,
+        trusted_keys_file: None,
     };
     node_services(&NodePlan {
         exe: cfg.exe.clone(),
@@ -162,6 +165,9 @@ pub fn node_services(p: &NodePlan) -> Vec<ServiceSpec> {
         }
         if let Some(t) = &h.token_file {
             gitops.extend(["--token-file".to_string(), d(t.clone())]);
+        }
+        if let Some(t) = &h.trusted_keys_file {
+            gitops.extend(["--trusted-keys".to_string(), d(t.clone())]);
         }
         specs.extend([
             spec(exe, "store", with(store, "store", vec![]), &[], "listening on", Duration::from_secs(10)),
