@@ -34,6 +34,8 @@ pub struct ClusterSpec {
     pub git_path: String,
     /// Keep ordinary pods off the heads (taint `node-role.kubernetes.io/control-plane`).
     pub head_taint: bool,
+    /// The git host's keys (`known_hosts` lines), needed for an `ssh://` repository.
+    pub git_known_hosts: Vec<String>,
 }
 
 /// What [`gen_cluster`] wrote.
@@ -45,6 +47,8 @@ pub struct Generated {
     pub viewer: Pem,
     /// `https://<first head>:6443`.
     pub server: String,
+    /// The deploy key's public half (`<out>/deploy-key.pub`), for the git host.
+    pub deploy_key: String,
 }
 
 fn identity(pem: Pem) -> Identity {
@@ -93,6 +97,10 @@ pub fn gen_cluster(spec: &ClusterSpec, out: &Path) -> Result<Generated, GenError
     write_private(&ca_key, ca.key_pem().as_bytes())?;
 
     let secret_key = crate::secret_key_hex().map_err(|e| GenError::Invalid(e.to_string()))?;
+    // The deploy key: given to the heads for an ssh:// repository, its public half to the
+    // git host (read-only access is all gitops needs).
+    let deploy = crate::sshkey::ed25519(&format!("kapp-deploy@{}", spec.name)).map_err(|_| GenError::Invalid("no randomness for the deploy key".into()))?;
+    let ssh = spec.git_url.starts_with("ssh://");
     let shared = [("scheduler", groups::SCHEDULER), ("controllers", groups::CONTROLLERS), ("gitops", groups::GITOPS)]
         .map(|(cn, group)| ca.issue(cn, &[group], &[]).map(identity));
     let [scheduler, controllers, gitops] = shared;
@@ -121,7 +129,7 @@ pub fn gen_cluster(spec: &ClusterSpec, out: &Path) -> Result<Generated, GenError
                 controllers: controllers.clone(),
                 gitops: gitops.clone(),
                 secret_key: secret_key.clone(),
-                git: Git { url: spec.git_url.clone(), branch: spec.git_branch.clone(), path: spec.git_path.clone(), interval_seconds: 15, token: None, trusted_keys: vec![] },
+                git: Git { url: spec.git_url.clone(), branch: spec.git_branch.clone(), path: spec.git_path.clone(), interval_seconds: 15, token: None, ssh_key: ssh.then(|| deploy.private.clone()), known_hosts: spec.git_known_hosts.clone(), trusted_keys: vec![] },
             }),
         };
         let taints = if role == Role::Head && spec.head_taint {
@@ -147,5 +155,7 @@ pub fn gen_cluster(spec: &ClusterSpec, out: &Path) -> Result<Generated, GenError
         write_private(&path, yaml.as_bytes())?;
         configs.push(path);
     }
-    Ok(Generated { configs, viewer, server: format!("https://{}:{}", spec.heads[0].1, machine::APISERVER_PORT) })
+    write_private(&out.join("deploy-key"), deploy.private.as_bytes())?;
+    std::fs::write(out.join("deploy-key.pub"), format!("{}\n", deploy.public)).map_err(|source| GenError::Io { path: out.join("deploy-key.pub"), source })?;
+    Ok(Generated { configs, viewer, server: format!("https://{}:{}", spec.heads[0].1, machine::APISERVER_PORT), deploy_key: deploy.public })
 }

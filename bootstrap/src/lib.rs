@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod image;
 pub mod machine;
+pub mod sshkey;
 
 use std::path::{Path, PathBuf};
 

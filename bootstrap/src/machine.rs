@@ -192,6 +192,13 @@ pub struct Git {
     /// An HTTPS token for the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The deploy key (OpenSSH private key) for an `ssh://` repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<String>,
+    /// The git host's keys, `known_hosts` lines (`[host]:port` for a port other than 22);
+    /// required for `ssh://`: the host's key must be one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_hosts: Vec<String>,
     /// When set, only commits signed (SSH signatures, git's `gpg.format=ssh`) by one of these
     /// keys (`authorized_keys` lines) are applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -204,7 +211,7 @@ fn default_interval() -> u64 {
 
 impl std::fmt::Debug for Git {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Git").field("url", &self.url).field("branch", &self.branch).field("path", &self.path).field("token", &self.token.as_ref().map(|_| "[elided]")).finish()
+        f.debug_struct("Git").field("url", &self.url).field("branch", &self.branch).field("path", &self.path).field("token", &self.token.as_ref().map(|_| "[elided]")).field("ssh_key", &self.ssh_key.as_ref().map(|_| "[elided]")).finish()
     }
 }
 
@@ -405,8 +412,21 @@ impl MachineConfig {
             return err("head.secretKey", "must be 64 hex characters (32 bytes)");
         }
         let g = &h.git;
-        if !["file://", "https://", "http://", "git://"].iter().any(|s| g.url.starts_with(s)) {
-            return err("head.git.url", format!("{:?} is not a file://, https://, http:// or git:// URL", g.url));
+        if !["file://", "https://", "http://", "git://", "ssh://"].iter().any(|s| g.url.starts_with(s)) {
+            return err("head.git.url", format!("{:?} is not a file://, https://, http://, git:// or ssh:// URL", g.url));
+        }
+        if g.url.starts_with("ssh://") {
+            if g.ssh_key.as_deref().is_none_or(|k| !k.contains("PRIVATE KEY-----")) {
+                return err("head.git.sshKey", "an ssh:// repository needs the deploy key (an OpenSSH private key)");
+            }
+            if g.known_hosts.is_empty() {
+                return err("head.git.knownHosts", "an ssh:// repository needs the git host's keys (known_hosts lines): its key is checked");
+            }
+        }
+        for (i, line) in g.known_hosts.iter().enumerate() {
+            if line.split_whitespace().count() < 3 || line.starts_with('|') {
+                return err(format!("head.git.knownHosts[{i}]"), format!("{line:?} is not a known_hosts line `<host>[,<host>] <key type> <base64>` (hashed host names are not supported)"));
+            }
         }
         if g.interval_seconds == 0 {
             return err("head.git.intervalSeconds", "must be at least 1");
@@ -442,6 +462,12 @@ impl MachineConfig {
             files.push(("secret.key".into(), h.secret_key.clone(), true));
             if let Some(t) = &h.git.token {
                 files.push(("git-token".into(), t.clone(), true));
+            }
+            if let Some(k) = &h.git.ssh_key {
+                files.push(("git-ssh-key".into(), k.clone(), true));
+            }
+            if !h.git.known_hosts.is_empty() {
+                files.push(("git-known-hosts".into(), h.git.known_hosts.join("\n") + "\n", false));
             }
             if !h.git.trusted_keys.is_empty() {
                 files.push(("git-trusted-keys".into(), h.git.trusted_keys.join("\n") + "\n", false));

@@ -22,6 +22,7 @@ fn spec(heads: &[(&str, [u8; 4])], workers: &[(&str, [u8; 4])]) -> ClusterSpec {
         git_branch: Some("main".into()),
         git_path: "prod".into(),
         head_taint: false,
+        git_known_hosts: vec![],
     }
 }
 
@@ -170,7 +171,10 @@ fn each_rule_is_refused_naming_its_field() {
         ("store cert swapped", &head, Box::new(|c| { let h = c.head.as_mut().unwrap(); std::mem::swap(&mut h.store, &mut h.apiserver); }), "head.store.certificate", "is not \"store-h1\""),
         ("scheduler group", &head, Box::new(|c| { let h = c.head.as_mut().unwrap(); h.scheduler = h.controllers.clone(); }), "head.scheduler.certificate", "common name \"controllers\" is not \"scheduler\""),
         ("secret key", &head, Box::new(|c| c.head.as_mut().unwrap().secret_key = "abc".into()), "head.secretKey", "64 hex characters"),
-        ("git url", &head, Box::new(|c| c.head.as_mut().unwrap().git.url = "ssh://x".into()), "head.git.url", "is not a file://"),
+        ("git url", &head, Box::new(|c| c.head.as_mut().unwrap().git.url = "ftp://x".into()), "head.git.url", "is not a file://"),
+        ("ssh without a key", &head, Box::new(|c| c.head.as_mut().unwrap().git.url = "ssh://git@host/repo".into()), "head.git.sshKey", "needs the deploy key"),
+        ("ssh without known hosts", &head, Box::new(|c| { let g = &mut c.head.as_mut().unwrap().git; g.url = "ssh://git@host/repo".into(); g.ssh_key = Some("-----BEGIN OPENSSH PRIVATE KEY-----".into()); }), "head.git.knownHosts", "needs the git host's keys"),
+        ("hashed known host", &head, Box::new(|c| c.head.as_mut().unwrap().git.known_hosts = vec!["|1|abc= ssh-ed25519 AAAA".into()]), "head.git.knownHosts[0]", "hashed host names"),
         ("trusted key", &head, Box::new(|c| c.head.as_mut().unwrap().git.trusted_keys = vec!["ssh-ed25519 AAAAC3Nz ops".into(), "ssh-dss AAAA".into()]), "head.git.trustedKeys[1]", "is not an authorized_keys line"),
         ("taint effect", &worker, Box::new(|c| c.node.taints = vec![kapp_bootstrap::machine::Taint { key: "a".into(), value: String::new(), effect: "Never".into() }]), "node.taints[0].effect", "is not NoSchedule"),
         ("label", &worker, Box::new(|c| { c.node.labels.insert("a".into(), "not valid!".into()); }), "node.labels[a]", "is not a valid label"),

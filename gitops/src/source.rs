@@ -14,6 +14,52 @@ pub enum Auth {
     None,
     /// HTTPS with a token (sent as the password, as GitHub, GitLab and Gitea accept).
     Token(String),
+    /// ssh:// with a deploy key (an OpenSSH private key); the host must present one of
+    /// `known_hosts`.
+    Ssh { key: String, known_hosts: Vec<KnownHost> },
+}
+
+/// One `known_hosts` entry: the host names it is for (`host` or `[host]:port`) and the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownHost {
+    pub hosts: Vec<String>,
+    pub key_type: String,
+    pub key: Vec<u8>,
+}
+
+/// `known_hosts` lines (`host[,host] type base64`); comments and blank lines skipped,
+/// hashed host names and markers (`@revoked`, `@cert-authority`) refused.
+pub fn parse_known_hosts(text: &str) -> Result<Vec<KnownHost>, SourceError> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
+        let bad = |why: &str| SourceError::Ref(format!("known_hosts line {}: {why}", n + 1));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 3 || f[0].starts_with('@') {
+            return Err(bad("not `<host>[,<host>] <key type> <base64>`"));
+        }
+        if f[0].starts_with('|') {
+            return Err(bad("hashed host names are not supported"));
+        }
+        let key = base64::engine::general_purpose::STANDARD.decode(f[2]).map_err(|_| bad("the key is not base64"))?;
+        out.push(KnownHost { hosts: f[0].split(',').map(str::to_string).collect(), key_type: f[1].to_string(), key });
+    }
+    Ok(out)
+}
+
+/// How `host` (and `port`) of an ssh:// URL appear in known_hosts.
+fn known_host_name(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("ssh://")?;
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h.trim_start_matches('[').trim_end_matches(']'), Some(p)),
+        _ => (host_port, None),
+    };
+    Some(match port {
+        Some(p) if p != "22" => format!("[{host}]:{p}"),
+        _ => host.to_string(),
+    })
 }
 
 impl std::fmt::Debug for Auth {
@@ -21,6 +67,7 @@ impl std::fmt::Debug for Auth {
         f.write_str(match self {
             Auth::None => "None",
             Auth::Token(_) => "Token(..)",
+            Auth::Ssh { .. } => "Ssh(..)",
         })
     }
 }
@@ -52,6 +99,8 @@ pub enum SourceError {
     Timeout { url: String, timeout: Duration },
     #[error("{0}")]
     Ref(String),
+    #[error("ssh: {0}")]
+    HostKey(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
@@ -95,6 +144,7 @@ pub fn fetch(state: &Path, src: &Source) -> Result<Fetched, SourceError> {
     let (limit, timeout) = (src.max_bytes, src.timeout);
     let too_large = std::cell::Cell::new(false);
     let timed_out = std::cell::Cell::new(false);
+    let host_key_error = std::cell::RefCell::new(None::<String>);
     {
         let mut cb = git2::RemoteCallbacks::new();
         cb.transfer_progress(|p| {
@@ -104,13 +154,33 @@ pub fn fetch(state: &Path, src: &Source) -> Result<Fetched, SourceError> {
         });
         let auth = src.auth.clone();
         let mut tries = 0;
-        cb.credentials(move |_url, user, _allowed| {
+        cb.credentials(move |_url, user, allowed| {
             tries += 1;
             match &auth {
                 Auth::Token(t) if tries == 1 => git2::Cred::userpass_plaintext(user.unwrap_or("git"), t),
+                // libgit2 asks for the user name first when the URL has none.
+                Auth::Ssh { .. } if allowed.contains(git2::CredentialType::USERNAME) && tries <= 2 => git2::Cred::username(user.unwrap_or("git")),
+                Auth::Ssh { key, .. } if tries <= 2 => git2::Cred::ssh_key_from_memory(user.unwrap_or("git"), None, key, None),
                 _ => Err(git2::Error::from_str("the repository refused the configured credentials")),
             }
         });
+        if let Auth::Ssh { known_hosts, .. } = &src.auth {
+            let name = known_host_name(&src.url).unwrap_or_default();
+            let (known_hosts, host_key_error) = (known_hosts.clone(), &host_key_error);
+            cb.certificate_check(move |cert, _host| {
+                let Some(presented) = cert.as_hostkey().and_then(|h| h.hostkey()) else {
+                    *host_key_error.borrow_mut() = Some(format!("{name} presented no SSH host key"));
+                    return Err(git2::Error::from_str("no SSH host key"));
+                };
+                let ok = known_hosts.iter().any(|k| k.hosts.iter().any(|h| *h == name) && k.key == presented);
+                if ok {
+                    Ok(git2::CertificateCheckStatus::CertificateOk)
+                } else {
+                    *host_key_error.borrow_mut() = Some(format!("the host key of {name} is not one of the known hosts given for it"));
+                    Err(git2::Error::from_str("unknown SSH host key"))
+                }
+            });
+        }
         let mut opts = git2::FetchOptions::new();
         opts.remote_callbacks(cb);
         opts.download_tags(git2::AutotagOption::None);
@@ -122,6 +192,9 @@ pub fn fetch(state: &Path, src: &Source) -> Result<Fetched, SourceError> {
         }
         if timed_out.get() {
             return Err(SourceError::Timeout { url: src.url.clone(), timeout });
+        }
+        if let Some(why) = host_key_error.borrow_mut().take() {
+            return Err(SourceError::HostKey(why));
         }
         r?;
     }
@@ -201,5 +274,23 @@ mod tests {
         assert_eq!(refspec(&GitRef::default()).unwrap().unwrap(), "+HEAD:refs/kapp/head");
         assert_eq!(refspec(&GitRef { branch: Some("main".into()), ..Default::default() }).unwrap().unwrap(), "+refs/heads/main:refs/kapp/head");
         assert!(refspec(&GitRef { branch: Some("a".into()), tag: Some("b".into()), commit: None }).is_err());
+    }
+}
+
+#[cfg(test)]
+mod ssh_tests {
+    use super::*;
+
+    #[test]
+    fn known_hosts_names_follow_openssh() {
+        assert_eq!(known_host_name("ssh://git@example.com/org/repo.git").as_deref(), Some("example.com"));
+        assert_eq!(known_host_name("ssh://git@example.com:22/r").as_deref(), Some("example.com"));
+        assert_eq!(known_host_name("ssh://git@10.77.0.1:2222/r").as_deref(), Some("[10.77.0.1]:2222"));
+        assert_eq!(known_host_name("https://example.com/r"), None);
+        let k = parse_known_hosts("# c\n\nexample.com,10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGMU76NDlZG/brxJsc9wgRP0+5regiomyVcEyjEqmGvH\n").unwrap();
+        assert_eq!(k[0].hosts, ["example.com", "10.0.0.1"]);
+        assert_eq!(k[0].key.len(), 51);
+        assert!(parse_known_hosts("|1|salt|hash ssh-ed25519 AAAA").unwrap_err().to_string().contains("line 1: hashed"));
+        assert!(parse_known_hosts("@revoked * ssh-ed25519 AAAA").is_err());
     }
 }

@@ -285,6 +285,9 @@ struct ClusterArgs {
     /// of heads only always schedules on them).
     #[arg(long)]
     schedule_on_heads: bool,
+    /// The git host's keys (`known_hosts` lines) for an ssh:// --git-url.
+    #[arg(long)]
+    git_known_hosts: Option<PathBuf>,
     /// Directory to write into (must not hold a cluster already).
     #[arg(long)]
     out: PathBuf,
@@ -304,6 +307,10 @@ fn gen_cluster(a: ClusterArgs) -> Result<()> {
         git_branch: a.git_branch,
         git_path: a.git_path,
         head_taint,
+        git_known_hosts: match &a.git_known_hosts {
+            None => vec![],
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect(),
+        },
     };
     let g = kapp_bootstrap::cluster::gen_cluster(&spec, &a.out)?;
     let kubeconfig = a.out.join("viewer.kubeconfig");
@@ -317,6 +324,7 @@ fn gen_cluster(a: ClusterArgs) -> Result<()> {
         println!("wrote {}", c.display());
     }
     println!("wrote {} (read-only, {}) and {} (the CA key: keep it offline)", kubeconfig.display(), g.server, a.out.join("pki").display());
+    println!("deploy key (give it read access to the repository; used for ssh:// URLs):\n{}", g.deploy_key);
     Ok(())
 }
 
@@ -394,6 +402,12 @@ struct GitopsArgs {
     /// File holding an HTTPS token for the repository.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The deploy key (OpenSSH private key file) for an ssh:// repository.
+    #[arg(long, requires = "known_hosts")]
+    ssh_key_file: Option<PathBuf>,
+    /// The git host's keys, `known_hosts` lines: an ssh:// host must present one of them.
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
     /// Apply only commits signed by a key in this file (`authorized_keys` lines).
     #[arg(long)]
     trusted_keys: Option<PathBuf>,
@@ -696,9 +710,13 @@ async fn run_kubelet(a: KubeletArgs) -> Result<()> {
 async fn run_gitops(a: GitopsArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let client = kapp_runtime::client(&a.apiserver, &tls).await?;
-    let auth = match &a.token_file {
-        None => kapp_gitops::Auth::None,
-        Some(p) => kapp_gitops::Auth::Token(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?.trim().to_string()),
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+    let auth = match (&a.token_file, &a.ssh_key_file, &a.known_hosts) {
+        (Some(_), Some(_), _) => anyhow::bail!("--token-file and --ssh-key-file: give one"),
+        (Some(p), None, _) => kapp_gitops::Auth::Token(read(p)?.trim().to_string()),
+        (None, Some(k), Some(h)) => kapp_gitops::Auth::Ssh { key: read(k)?, known_hosts: kapp_gitops::source::parse_known_hosts(&read(h)?).with_context(|| h.display().to_string())? },
+        (None, None, Some(_)) => anyhow::bail!("--known-hosts is for an ssh:// repository: give --ssh-key-file too"),
+        _ => kapp_gitops::Auth::None,
     };
     let source = kapp_gitops::Source {
         url: a.repo.clone(),

@@ -48,6 +48,8 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
     let head_ips: Vec<(u64, Ipv4Addr)> = cfg.store_members();
     let token_file = cfg.head.as_ref().and_then(|h| h.git.token.as_ref()).map(|_| layout.pki().join("git-token"));
     let trusted_keys_file = cfg.head.as_ref().filter(|h| !h.git.trusted_keys.is_empty()).map(|_| layout.pki().join("git-trusted-keys"));
+    let ssh_key_file = cfg.head.as_ref().and_then(|h| h.git.ssh_key.as_ref()).map(|_| layout.pki().join("git-ssh-key"));
+    let known_hosts_file = cfg.head.as_ref().filter(|h| !h.git.known_hosts.is_empty()).map(|_| layout.pki().join("git-known-hosts"));
     let head = cfg.head.as_ref().map(|h| {
         let member_id = head_ips.iter().find(|(_, ip)| *ip == node_ip).map_or(1, |(id, _)| *id);
         let store = |ip: Ipv4Addr| format!("{ip}:{}", machine::STORE_PORT);
@@ -65,6 +67,8 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
             interval_secs: h.git.interval_seconds,
             token_file: token_file.clone(),
             trusted_keys_file: trusted_keys_file.clone(),
+            ssh_key_file: ssh_key_file.clone(),
+            known_hosts_file: known_hosts_file.clone(),
         }
     });
     // A head's services use its own apiserver; a worker's go through `kapp apilb` on its
@@ -155,6 +159,7 @@ mod tests {
             git_branch: None,
             git_path: String::new(),
             head_taint: false,
+            git_known_hosts: vec![],
         };
         let g = gen_cluster(&spec, dir.path()).unwrap();
         let paths = Paths::new(Path::new("/"));

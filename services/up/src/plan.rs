@@ -57,6 +57,9 @@ pub struct HeadPlan {
     pub token_file: Option<PathBuf>,
     /// Only commits signed by a key in this file are applied.
     pub trusted_keys_file: Option<PathBuf>,
+    /// The deploy key and the git host's keys for an ssh:// repository.
+    pub ssh_key_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
 }
 
 /// One node's services, however it is configured (`kapp up`, a machine config).
@@ -106,6 +109,8 @@ pub fn services(cfg: &UpConfig, layout: &Layout, host: &HostFacts) -> Vec<Servic
         interval_secs: cfg.interval.as_secs().max(1),
         token_file: None,
         trusted_keys_file: None,
+        ssh_key_file: None,
+        known_hosts_file: None,
     };
     node_services(&NodePlan {
         exe: cfg.exe.clone(),
@@ -165,6 +170,11 @@ pub fn node_services(p: &NodePlan) -> Vec<ServiceSpec> {
         }
         if let Some(t) = &h.token_file {
             gitops.extend(["--token-file".to_string(), d(t.clone())]);
+        }
+        for (flag, file) in [("--ssh-key-file", &h.ssh_key_file), ("--known-hosts", &h.known_hosts_file)] {
+            if let Some(f) = file {
+                gitops.extend([flag.to_string(), d(f.clone())]);
+            }
         }
         if let Some(t) = &h.trusted_keys_file {
             gitops.extend(["--trusted-keys".to_string(), d(t.clone())]);
