@@ -393,7 +393,10 @@ async fn node(opts: &Options, plan_fn: &dyn Fn(&str, &Paths) -> Result<NodePlan,
                 (None, _) => say("network: no static address"),
                 (Some(i), None) => say(&format!("network {i}: {addrs}")),
                 (Some(i), Some(l)) => {
-                    say(&format!("network {i}: {addrs} from DHCP server {} for {}s (not renewed yet)", l.server, l.lease_secs));
+                    say(&format!("network {i}: {addrs} from DHCP server {} for {}s", l.server, l.lease_secs));
+                    // Held for as long as the node runs: renewed at half time, rebound at 7/8.
+                    let (iface, lease) = (i.clone(), l.clone());
+                    std::thread::Builder::new().name("dhcp".into()).spawn(move || dhcp::keep(&iface, lease, say)).map_err(|e| e.to_string())?;
                     // The services need the node's address: plan again with it.
                     let leased = Paths { leased_address: Some(l.address), ..paths.clone() };
                     let dns = if plan.net.dns.is_empty() { l.dns.clone() } else { plan.net.dns.clone() };

@@ -1,7 +1,9 @@
 //! A DHCPv4 client (RFC 2131) for one interface: DISCOVER → OFFER → REQUEST → ACK over a
 //! UDP socket bound to the interface, broadcast both ways (the broadcast flag asks servers
 //! to answer by broadcast, since we have no address yet). Bounded: each answer is waited
-//! for at most `timeout`, and only our transaction's answers count.
+//! for at most `timeout`, and only our transaction's answers count. [`keep`] then holds the
+//! lease: a REQUEST to the server at half its time (renewing), broadcast from 7/8 on
+//! (rebinding), a new DISCOVER once it ran out.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -29,6 +31,8 @@ pub struct Lease {
 pub struct Message {
     pub op: u8,
     pub xid: u32,
+    /// The client's address when it has one (renewing, rebinding).
+    pub ciaddr: Ipv4Addr,
     pub yiaddr: Ipv4Addr,
     pub mac: [u8; 6],
     /// `(code, value)` in order.
@@ -53,7 +57,10 @@ impl Message {
         b[1] = 1; // Ethernet
         b[2] = 6;
         b[4..8].copy_from_slice(&self.xid.to_be_bytes());
-        b[10] = 0x80; // broadcast flag
+        if self.ciaddr.is_unspecified() {
+            b[10] = 0x80; // broadcast flag: we cannot receive unicast yet
+        }
+        b[12..16].copy_from_slice(&self.ciaddr.octets());
         b[16..20].copy_from_slice(&self.yiaddr.octets());
         b[28..34].copy_from_slice(&self.mac);
         b.extend_from_slice(&COOKIE);
@@ -87,6 +94,7 @@ impl Message {
         Some(Message {
             op: b[0],
             xid: u32::from_be_bytes(b[4..8].try_into().ok()?),
+            ciaddr: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
             yiaddr: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
             mac: b[28..34].try_into().ok()?,
             options,
@@ -97,7 +105,7 @@ impl Message {
 fn request(kind: u8, xid: u32, mac: [u8; 6], extra: Vec<(u8, Vec<u8>)>) -> Message {
     let mut options = vec![(53, vec![kind]), (55, vec![1, 3, 6, 51, 54])];
     options.extend(extra);
-    Message { op: 1, xid, yiaddr: Ipv4Addr::UNSPECIFIED, mac, options }
+    Message { op: 1, xid, ciaddr: Ipv4Addr::UNSPECIFIED, yiaddr: Ipv4Addr::UNSPECIFIED, mac, options }
 }
 
 /// The lease an ACK grants. Pure.
@@ -129,19 +137,32 @@ fn mac_of(iface: &str) -> Result<[u8; 6], String> {
 /// How long a DHCP client waits for an answer before sending its message again.
 const RESEND: Duration = Duration::from_secs(1);
 
-/// Get a lease on `iface` (which must be up), waiting at most `timeout` for each answer.
-pub fn obtain(iface: &str, timeout: Duration) -> Result<Lease, String> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let mac = mac_of(iface)?;
-    let socket = UdpSocket::bind("0.0.0.0:68").map_err(|e| format!("bind :68: {e}"))?;
-    setsockopt(&socket, sockopt::BindToDevice, &std::ffi::OsString::from(iface)).map_err(|e| format!("bind to {iface}: {e}"))?;
-    socket.set_broadcast(true).map_err(|e| e.to_string())?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ nanos;
-    let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-    // Sent again every RESEND while no answer comes: the first packets after a link comes
-    // up can be dropped (its queue is activated asynchronously), and so can a reply.
-    let exchange = |msg: Message, want: u8| -> Result<Message, String> {
+/// A client socket on one interface (port 68, bound to the device).
+struct Client {
+    iface: String,
+    mac: [u8; 6],
+    socket: UdpSocket,
+}
+
+impl Client {
+    fn open(iface: &str) -> Result<Client, String> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let mac = mac_of(iface)?;
+        let socket = UdpSocket::bind("0.0.0.0:68").map_err(|e| format!("bind :68: {e}"))?;
+        setsockopt(&socket, sockopt::BindToDevice, &std::ffi::OsString::from(iface)).map_err(|e| format!("bind to {iface}: {e}"))?;
+        socket.set_broadcast(true).map_err(|e| e.to_string())?;
+        Ok(Client { iface: iface.to_string(), mac, socket })
+    }
+
+    fn xid(&self) -> u32 {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        u32::from_be_bytes([self.mac[2], self.mac[3], self.mac[4], self.mac[5]]) ^ nanos
+    }
+
+    /// Send `msg` to `to` (again every RESEND while no answer comes: the first packets
+    /// after a link comes up can be dropped, and so can a reply) until an answer of kind
+    /// `want` to our transaction arrives, at most `timeout`.
+    fn exchange(&self, msg: &Message, want: u8, to: SocketAddrV4, timeout: Duration) -> Result<Message, String> {
         let deadline = Instant::now() + timeout;
         let mut resend = Instant::now();
         let mut buf = [0u8; 1500];
@@ -149,20 +170,20 @@ pub fn obtain(iface: &str, timeout: Duration) -> Result<Lease, String> {
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
-                return Err(format!("no answer on {iface} within {}s", timeout.as_secs()));
+                return Err(format!("no answer on {} within {}s", self.iface, timeout.as_secs()));
             }
             if now >= resend {
-                socket.send_to(&msg.encode(), to).map_err(|e| format!("send: {e}"))?;
+                self.socket.send_to(&msg.encode(), to).map_err(|e| format!("send: {e}"))?;
                 resend = now + RESEND;
             }
-            socket.set_read_timeout(Some(left.min(resend.saturating_duration_since(now)).max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
-            let n = match socket.recv(&mut buf) {
+            self.socket.set_read_timeout(Some(left.min(resend.saturating_duration_since(now)).max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
+            let n = match self.socket.recv(&mut buf) {
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
                 Err(e) => return Err(e.to_string()),
             };
             let Some(reply) = Message::decode(&buf[..n]) else { continue };
-            if reply.op != 2 || reply.xid != msg.xid || reply.mac != mac {
+            if reply.op != 2 || reply.xid != msg.xid || reply.mac != self.mac {
                 continue;
             }
             match reply.kind() {
@@ -171,11 +192,98 @@ pub fn obtain(iface: &str, timeout: Duration) -> Result<Lease, String> {
                 _ => {}
             }
         }
-    };
-    let offer = exchange(request(DISCOVER, xid, mac, vec![]), OFFER)?;
+    }
+}
+
+const BROADCAST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+
+/// Get a lease on `iface` (which must be up), waiting at most `timeout` for each answer.
+pub fn obtain(iface: &str, timeout: Duration) -> Result<Lease, String> {
+    let c = Client::open(iface)?;
+    let xid = c.xid();
+    let offer = c.exchange(&request(DISCOVER, xid, c.mac, vec![]), OFFER, BROADCAST, timeout)?;
     let server = offer.addr(54).ok_or("offer without a server identifier")?;
-    let ack = exchange(request(REQUEST, xid, mac, vec![(50, offer.yiaddr.octets().to_vec()), (54, server.octets().to_vec())]), ACK)?;
+    let ack = c.exchange(&request(REQUEST, xid, c.mac, vec![(50, offer.yiaddr.octets().to_vec()), (54, server.octets().to_vec())]), ACK, BROADCAST, timeout)?;
     lease_from(&ack).ok_or_else(|| "ack without a server identifier".into())
+}
+
+/// Extend `lease`: a REQUEST carrying the address we hold, to the server that granted it
+/// (renewing) or to everyone (`rebinding`, once that server stayed silent).
+pub fn renew(iface: &str, lease: &Lease, rebinding: bool, timeout: Duration) -> Result<Lease, String> {
+    let c = Client::open(iface)?;
+    let mut msg = request(REQUEST, c.xid(), c.mac, vec![]);
+    msg.ciaddr = lease.address;
+    let to = if rebinding { BROADCAST } else { SocketAddrV4::new(lease.server, 67) };
+    let ack = c.exchange(&msg, ACK, to, timeout)?;
+    lease_from(&ack).ok_or_else(|| "ack without a server identifier".into())
+}
+
+/// What to do `elapsed` into a lease of `secs` seconds (RFC 2131's T1 = 1/2, T2 = 7/8).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing until then.
+    Wait(Duration),
+    Renew,
+    Rebind,
+    /// It ran out: start over with DISCOVER.
+    Expired,
+    /// An infinite (or zero: not given) lease: never renewed.
+    Never,
+}
+
+/// Pure.
+pub fn step(secs: u32, elapsed: Duration) -> Step {
+    if secs == 0 || secs == u32::MAX {
+        return Step::Never;
+    }
+    let total = Duration::from_secs(u64::from(secs));
+    let (t1, t2) = (total / 2, total * 7 / 8);
+    match elapsed {
+        e if e < t1 => Step::Wait(t1 - e),
+        e if e < t2 => Step::Renew,
+        e if e < total => Step::Rebind,
+        _ => Step::Expired,
+    }
+}
+
+/// Hold `lease` on `iface` for as long as the process lives (PID 1 runs it on a thread of
+/// its own), saying what happens. Between failed tries it waits half the time left to the
+/// next phase, at least 5 s.
+pub fn keep(iface: &str, mut lease: Lease, say: impl Fn(&str)) {
+    let mut since = Instant::now();
+    loop {
+        let elapsed = since.elapsed();
+        let result = match step(lease.lease_secs, elapsed) {
+            Step::Never => return,
+            Step::Wait(d) => {
+                std::thread::sleep(d);
+                continue;
+            }
+            Step::Renew => renew(iface, &lease, false, Duration::from_secs(5)),
+            Step::Rebind => renew(iface, &lease, true, Duration::from_secs(5)),
+            Step::Expired => {
+                say(&format!("DHCP lease of {} on {iface} expired; asking anew", lease.address));
+                obtain(iface, Duration::from_secs(5))
+            }
+        };
+        match result {
+            Ok(l) => {
+                if l.address != lease.address {
+                    say(&format!("DHCP on {iface}: the server moved us from {} to {} (the node keeps serving on the old address until it restarts)", lease.address, l.address));
+                }
+                say(&format!("DHCP lease of {} on {iface} renewed for {}s", l.address, l.lease_secs));
+                lease = l;
+                since = Instant::now();
+            }
+            Err(e) => {
+                let total = Duration::from_secs(u64::from(lease.lease_secs));
+                let next_phase = [total / 2, total * 7 / 8, total].into_iter().find(|t| *t > elapsed).unwrap_or(total);
+                let wait = ((next_phase.saturating_sub(elapsed)) / 2).max(Duration::from_secs(5));
+                tracing::warn!(%iface, error = %e, "DHCP renewal; next try in {wait:?}");
+                std::thread::sleep(wait);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +299,7 @@ mod tests {
         let ack = Message {
             op: 2,
             xid: 42,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
             yiaddr: Ipv4Addr::new(10, 9, 0, 5),
             mac,
             options: vec![(53, vec![ACK]), (1, vec![255, 255, 255, 0]), (3, vec![10, 9, 0, 1]), (6, vec![10, 9, 0, 1, 9, 9, 9, 9]), (51, 3600u32.to_be_bytes().to_vec()), (54, vec![10, 9, 0, 1])],
@@ -198,5 +307,23 @@ mod tests {
         let lease = lease_from(&Message::decode(&ack.encode()).unwrap()).unwrap();
         assert_eq!(lease, Lease { address: Ipv4Addr::new(10, 9, 0, 5), prefix: 24, router: Some(Ipv4Addr::new(10, 9, 0, 1)), dns: vec![Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(9, 9, 9, 9)], server: Ipv4Addr::new(10, 9, 0, 1), lease_secs: 3600 });
         assert_eq!(Message::decode(&[0u8; 100]), None);
+        // A renewal carries the address and asks for a unicast answer.
+        let mut renewal = request(REQUEST, 43, mac, vec![]);
+        renewal.ciaddr = Ipv4Addr::new(10, 9, 0, 5);
+        let wire = renewal.encode();
+        assert_eq!((wire[10], &wire[12..16]), (0, &[10, 9, 0, 5][..]));
+        assert_eq!(Message::decode(&wire).unwrap(), renewal);
+    }
+
+    #[test]
+    fn renew_at_half_rebind_at_seven_eighths_then_start_over() {
+        let s = Duration::from_secs;
+        assert_eq!(step(600, s(0)), Step::Wait(s(300)));
+        assert_eq!(step(600, s(299)), Step::Wait(s(1)));
+        assert_eq!(step(600, s(300)), Step::Renew);
+        assert_eq!(step(600, s(525)), Step::Rebind);
+        assert_eq!(step(600, s(600)), Step::Expired);
+        assert_eq!(step(u32::MAX, s(10)), Step::Never);
+        assert_eq!(step(0, s(10)), Step::Never);
     }
 }
