@@ -71,12 +71,15 @@ pub fn mount_api(root: &Path) -> Vec<MountError> {
     API_FILESYSTEMS.iter().filter_map(|fs| mount_one(root, fs).err()).collect()
 }
 
-/// Mount a block device's filesystem.
+/// Mount a block device's filesystem. FAT is mounted with the ISO 8859-1 character set the
+/// image carries: the kernel's default (`ascii`, Debian's) has no module in the image, and
+/// its absence fails the mount with a bare EINVAL.
 pub fn mount_device(device: &Path, target: &Path, fstype: &str, read_only: bool) -> Result<(), MountError> {
     let fail = |reason: String| MountError { fstype: fstype.to_string(), target: target.to_path_buf(), reason };
     std::fs::create_dir_all(target).map_err(|e| fail(e.to_string()))?;
     let flags = if read_only { MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV } else { MsFlags::MS_NOATIME };
-    mount(Some(device), target, Some(fstype), flags, None::<&str>).map_err(|e| fail(format!("{} : {e}", device.display())))
+    let data = (fstype == "vfat").then_some("iocharset=iso8859-1");
+    mount(Some(device), target, Some(fstype), flags, data).map_err(|e| fail(format!("{} : {e}", device.display())))
 }
 
 /// Unmount `target`; if it is busy, remount it read-only so its data is safe.
