@@ -253,6 +253,18 @@ async fn scenario(p: &Paths, logs: &Path) -> Result<()> {
         .output()?;
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && printed.contains("smoke: ok"), "kappctl logs {smoke_pod}: {printed} {}", String::from_utf8_lossy(&out.stderr));
+    // The node's CPU and memory, as kubectl top reads them: apiserver (metrics.k8s.io) →
+    // the kubelet's /stats/node; and in kappctl status.
+    let top = eventually("kubectl top nodes", Duration::from_secs(60), || async {
+        let out = Command::new("kubectl").arg("--kubeconfig").arg(p.state.join("viewer.kubeconfig")).args(["top", "nodes", "--no-headers"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok((out.status.success() && text.split_whitespace().nth(1).is_some_and(|cpu| cpu.ends_with('m'))).then_some(text))
+    })
+    .await?;
+    eprintln!("kubectl top nodes: {top}");
+    let (_, status) = kappctl_status(p)?;
+    let node = &status["nodes"]["items"][0];
+    assert!(node["cpu"].as_str().is_some_and(|c| c.contains("m (")) && node["memory"].as_str().is_some_and(|m| m.contains("Mi (")), "kappctl status shows node use: {node}");
     // Nobody but gitops writes the example, so gitops never has drift to revert (controllers'
     // own annotations are not drift).
     let events = Api::<k8s_openapi::api::core::v1::Event>::all(client.clone()).list(&ListParams::default()).await?;

@@ -14,6 +14,7 @@ mod apply;
 mod authz;
 mod codec;
 mod heads;
+mod metrics;
 mod podlog;
 use kapp_api::patch;
 mod util;
@@ -220,6 +221,17 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
     if path == kapp_api::heads::PATH {
         return heads::serve(&ctx.store, &parts.method).await;
     }
+    if let Some(rest) = path.strip_prefix(metrics::PREFIX) {
+        return metrics::serve(&ctx, rest, &parts.method).await;
+    }
+    if path.trim_end_matches('/') == format!("/apis/{}", metrics::GROUP) {
+        return json_response(StatusCode::OK, &{
+            let mut g = metrics::group();
+            g["kind"] = json!("APIGroup");
+            g["apiVersion"] = json!("v1");
+            g
+        });
+    }
     let query = parse_query(parts.uri.query());
     let as_table = parts.headers.get_all(http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("as=Table")));
     let r = match route(&path) {
@@ -289,7 +301,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]
         })),
         Route::GroupList => {
-            let groups: Vec<Value> = kapp_api::resource::groups()
+            let mut groups: Vec<Value> = kapp_api::resource::groups()
                 .into_iter()
                 .filter(|(g, _)| !g.is_empty())
                 .map(|(g, v)| {
@@ -297,6 +309,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, who: Option<Arc<Identity>
                     json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
                 })
                 .collect();
+            groups.push(metrics::group());
             json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
         }
         Route::ResourceList(g, v) => json_response(StatusCode::OK, &resource_list(g, v)),

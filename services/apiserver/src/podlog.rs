@@ -367,7 +367,7 @@ impl Kubelets {
         self.streams.clone().try_acquire_owned().map_err(|_| LogError::Busy { max: self.max_streams })
     }
 
-    fn client(&self, node: &str, addr: &str) -> Result<H2Client, kapp_tls::TlsError> {
+    pub(crate) fn client(&self, node: &str, addr: &str) -> Result<H2Client, kapp_tls::TlsError> {
         let mut clients = self.clients.lock().expect("kubelet clients lock");
         let key = (node.to_string(), addr.to_string());
         if let Some(c) = clients.get(&key) {

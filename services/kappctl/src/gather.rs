@@ -69,7 +69,8 @@ pub async fn gather(client: &ReadOnlyClient, cluster: &str) -> Result<Raw, Error
         let fields = if *name == "events" { "type=Warning" } else { "" };
         (*name, list_all(client, &collection(res, None), "", fields).await)
     });
-    let (heads, lists) = futures_util::future::join(heads, futures_util::future::join_all(lists)).await;
+    let metrics = client.json::<serde_json::Value>(Get::json("/apis/metrics.k8s.io/v1beta1/nodes"));
+    let (heads, lists, metrics) = futures_util::future::join3(heads, futures_util::future::join_all(lists), metrics).await;
     let mut raw = Raw { observed_at, server: client.server().to_string(), cluster: cluster.to_string(), version, ..Raw::default() };
     match heads {
         Ok(h) => raw.heads = Some(h),
@@ -78,6 +79,13 @@ pub async fn gather(client: &ReadOnlyClient, cluster: &str) -> Result<Raw, Error
         }
         Err(e) => {
             raw.errors.insert("heads".into(), e.to_string());
+        }
+    }
+    // Node use is a bonus: an apiserver without metrics is not a degraded cluster.
+    match metrics {
+        Ok(m) => raw.node_metrics = m["items"].as_array().cloned(),
+        Err(e) => {
+            raw.notes.insert("node_metrics".into(), e.to_string());
         }
     }
     for (name, result) in lists {

@@ -56,6 +56,9 @@ pub struct Raw {
     /// Warning events.
     #[serde(default)]
     pub events: Option<Vec<Value>>,
+    /// `metrics.k8s.io` NodeMetrics (None when the apiserver serves none).
+    #[serde(default)]
+    pub node_metrics: Option<Vec<Value>>,
     /// Section name → why it could not be read.
     #[serde(default)]
     pub errors: BTreeMap<String, String>,
@@ -352,6 +355,32 @@ fn heads(raw: &Raw) -> Section<HeadView> {
     section(raw, "heads", raw.heads.is_some(), views.len(), views)
 }
 
+/// A CPU quantity (`2`, `250m`, `1500u`, `250000000n`) in billionths of a core. Pure.
+pub fn cpu_nanos(q: &str) -> Option<u64> {
+    let (num, scale) = match q.char_indices().last()? {
+        (i, 'n') => (&q[..i], 1.0),
+        (i, 'u') => (&q[..i], 1e3),
+        (i, 'm') => (&q[..i], 1e6),
+        _ => (q, 1e9),
+    };
+    num.parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| (v * scale) as u64)
+}
+
+/// A memory quantity (`512Mi`, `1843148Ki`, `1G`, `1024`) in bytes. Pure.
+pub fn bytes(q: &str) -> Option<u64> {
+    let units: [(&str, u64); 8] = [("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("k", 1_000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000)];
+    let (num, mul) = units.iter().find_map(|(suffix, mul)| q.strip_suffix(suffix).map(|n| (n, *mul))).unwrap_or((q, 1));
+    num.parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| (v * mul as f64) as u64)
+}
+
+/// `250m (12%)`: the figure and its share of the capacity when known.
+fn with_share(figure: String, used: u64, capacity: Option<u64>) -> String {
+    match capacity.filter(|c| *c > 0) {
+        Some(c) => format!("{figure} ({}%)", used * 100 / c),
+        None => figure,
+    }
+}
+
 fn condition<'a>(obj: &'a Value, ty: &str) -> Option<&'a Value> {
     obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == ty)
 }
@@ -377,6 +406,10 @@ fn nodes(raw: &Raw) -> Section<NodeView> {
                 .filter(|p| p["spec"]["nodeName"].as_str() == Some(name.as_str()) && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
                 .count();
             let info = &n["status"]["nodeInfo"];
+            let usage = raw.node_metrics.iter().flatten().find(|m| m["metadata"]["name"].as_str() == Some(name.as_str())).map(|m| &m["usage"]);
+            let capacity = &n["status"]["capacity"];
+            let cpu = usage.and_then(|u| cpu_nanos(u["cpu"].as_str()?)).map(|used| with_share(format!("{}m", used / 1_000_000), used, capacity["cpu"].as_str().and_then(cpu_nanos)));
+            let memory = usage.and_then(|u| bytes(u["memory"].as_str()?)).map(|used| with_share(format!("{}Mi", used >> 20), used, capacity["memory"].as_str().and_then(bytes)));
             NodeView {
                 status: status.into(),
                 schedulable: n["spec"]["unschedulable"].as_bool() != Some(true),
@@ -384,8 +417,8 @@ fn nodes(raw: &Raw) -> Section<NodeView> {
                 version: s(&info["kubeletVersion"]),
                 os_image: s(&info["osImage"]),
                 pods,
-                cpu: None,
-                memory: None,
+                cpu,
+                memory,
                 healthy: status == "Ready",
                 message: if status == "Ready" { String::new() } else { ready.map(|c| s(&c["message"])).unwrap_or_else(|| "the node has not reported Ready".into()) },
                 name,
@@ -720,6 +753,24 @@ mod tests {
         unreachable["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "NodeUnreachable"}]);
         let p = pod_problem(&unreachable).unwrap();
         assert_eq!((p.reason.as_str(), p.message.as_str()), ("NodeUnreachable", "node w2 is unreachable"));
+    }
+
+    #[test]
+    fn quantities_and_node_use() {
+        assert_eq!(cpu_nanos("2"), Some(2_000_000_000));
+        assert_eq!(cpu_nanos("250m"), Some(250_000_000));
+        assert_eq!(cpu_nanos("137085693n"), Some(137_085_693));
+        assert_eq!(cpu_nanos("x"), None);
+        assert_eq!(bytes("1843148Ki"), Some(1843148 << 10));
+        assert_eq!(bytes("1Gi"), Some(1 << 30));
+        assert_eq!(bytes("1G"), Some(1_000_000_000));
+        let raw = Raw {
+            nodes: Some(vec![json!({"metadata": {"name": "w1"}, "status": {"capacity": {"cpu": "2", "memory": "2Gi"}, "conditions": [{"type": "Ready", "status": "True"}]}})]),
+            node_metrics: Some(vec![json!({"metadata": {"name": "w1"}, "usage": {"cpu": "500000000n", "memory": "524288Ki"}})]),
+            ..Raw::default()
+        };
+        let n = &nodes(&raw).items[0];
+        assert_eq!((n.cpu.as_deref(), n.memory.as_deref()), (Some("500m (25%)"), Some("512Mi (25%)")));
         assert_eq!(pod_problem(&json!({"metadata": {"name": "x"}})).unwrap().reason, "Pending");
     }
 

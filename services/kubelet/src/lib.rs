@@ -14,5 +14,6 @@ pub mod net;
 pub mod runtime;
 mod fork;
 mod server;
+pub mod stats;
 
 pub use kubelet::{parse_labels, parse_taints, Config, Taints, FlagError, Kubelet, KubeletError};

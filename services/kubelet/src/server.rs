@@ -1,7 +1,8 @@
 //! The kubelet's HTTPS endpoint (mTLS with the cluster CA): container logs for the
-//! apiserver's `pods/log`.
+//! apiserver's `pods/log`, and the node's resource use for its `metrics.k8s.io`.
 //!
 //! `GET /containerLogs/<namespace>/<pod>/<container>?follow=&tailLines=&previous=&timestamps=&limitBytes=`
+//! `GET /stats/node` ([`crate::stats::NodeStats`] as JSON; 503 until the first window)
 //!
 //! Any client certificate of the cluster CA may read, except other nodes.
 
@@ -89,6 +90,12 @@ async fn handle(shared: &Arc<Shared>, req: http::Request<hyper::body::Incoming>,
     }
     if req.method() != http::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+    }
+    if req.uri().path() == "/stats/node" {
+        return match shared.stats.current() {
+            Some(st) => Response::builder().status(StatusCode::OK).header("content-type", "application/json").body(kapp_tls::full(serde_json::to_vec(&st).expect("json serialises"))).expect("a response"),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "no sample yet: the first window is still open"),
+        };
     }
     let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
     let [_, ns, pod, container] = parts[..] else { return text(StatusCode::NOT_FOUND, "expected /containerLogs/<namespace>/<pod>/<container>") };

@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     pub pods: Store<Pod>,
     pub backoff: Backoff,
     pub workers: Mutex<HashMap<String, WorkerHandle>>,
+    /// The node's CPU and memory use (`/stats/node`).
+    pub stats: Arc<crate::stats::Sampler>,
 }
 
 impl Shared {
@@ -209,6 +211,7 @@ impl Kubelet {
             ipam: tokio::sync::Mutex::new(ipam),
             pods: reader,
             workers: Mutex::default(),
+            stats: Arc::new(crate::stats::Sampler::new(Path::new("/proc"))),
         });
         register(&shared).await?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -216,6 +219,7 @@ impl Kubelet {
             tokio::spawn(heartbeat(shared.clone(), stop_rx.clone())),
             tokio::spawn(watch_pods(shared.clone(), writer, stop_rx.clone())),
             tokio::spawn(follow_node_routes(shared.clone(), stop_rx.clone())),
+            tokio::spawn(crate::stats::run(shared.stats.clone(), stop_rx.clone())),
         ];
         let mut logs_addr = None;
         if let Some(addr) = shared.cfg.listen {
