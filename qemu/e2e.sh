@@ -27,6 +27,8 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || die "run as root"
 state=/var/lib/kapp-qemu/e2e
+# The commit the image is built from (with --no-build: the checkout's, as the caller says).
+built_from=$(git -C "$repo" rev-parse --short HEAD)
 export KAPP_QEMU_NETNS=kapp-e2e
 cluster() { "$repo/qemu/cluster.sh" "$@" --state "$state"; }
 app=$state/git/app
@@ -146,7 +148,7 @@ fig "head3 boot → ready and caught up" "$((SECONDS - t)) s"
 {
     echo "# kapp in VMs: end-to-end figures"
     echo
-    echo "\`qemu/e2e.sh\` on $(date -u +%F), $(nproc) cores, accelerator $(qemu_accel), commit $(git -C "$repo" rev-parse --short HEAD)."
+    echo "\`qemu/e2e.sh\` on $(date -u +%F), $(nproc) cores, accelerator $(qemu_accel), commit $built_from."
     echo
     echo "| what | figure |"
     echo "| --- | --- |"
