@@ -77,8 +77,12 @@ install -D -m 0755 "$kapp_bin" "$stage/usr/bin/kapp"
 strip --strip-unneeded "$stage/usr/bin/kapp"
 # The example application's container image (busybox-static from Debian) as an OCI
 # layout, so a cluster runs examples/app with no registry (kubelet --import-dir).
-"$kapp_bin" gen image --ref kapp.local/busybox:1 --package busybox-static --busybox-applets \
-    --cmd sh --out "$stage/usr/share/kapp/images/busybox" >/dev/null
+# Tag 2 differs only in its config (KAPP_EXAMPLE_RELEASE): the image update the end-to-end
+# test commits.
+for tag in 1 2; do
+    "$kapp_bin" gen image --ref "kapp.local/busybox:$tag" --package busybox-static --busybox-applets \
+        --cmd sh --env "KAPP_EXAMPLE_RELEASE=$tag" --out "$stage/usr/share/kapp/images/busybox-$tag" >/dev/null
+done
 find "$stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 mkdir -p /var/cache/kapp/mkosi/cache /var/cache/kapp/mkosi/packages

@@ -6,7 +6,8 @@
 #
 # build the image (image/build.sh) → boot 3 heads + 2 workers (qemu/cluster.sh) → the
 # cluster follows examples/app → kappctl status healthy with the commit applied → commit a
-# scale (web 3 → 4 replicas) → converges → delete tick.yaml → its CronJob is pruned →
+# scale (web 3 → 4 replicas) → converges → commit a new image tag → rolled out → delete
+# tick.yaml → its CronJob is pruned →
 # power head3 off hard → the cluster still answers and applies the next commit → boot
 # head3 again → it is ready and the cluster healthy with all heads. Figures (build time,
 # image size, boot → node ready per VM, commit → converged) go to --results (default
@@ -121,6 +122,21 @@ scale_web() {
 }
 
 scale_web 3 4 healthy "commit (scale 3 → 4) → pods Running"
+
+# A new image tag rolls the Deployment: every web pod runs kapp.local/busybox:2 and is Ready.
+sed -i 's|image: kapp.local/busybox:1$|image: kapp.local/busybox:2|' "$app/web.yaml"
+head=$(commit "web: image tag 2")
+t=$SECONDS
+until_ok 900 "commit 'web: image tag 2' applied" check healthy "$head"
+web_on() {
+    cluster kappctl get pods -n shop -o json 2>/dev/null | python3 -c '
+import json, sys
+pods = [p for p in json.load(sys.stdin)["items"] if p["metadata"]["name"].startswith("web-") and "deletionTimestamp" not in p["metadata"]]
+ready = lambda p: any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
+sys.exit(0 if len(pods) == int(sys.argv[2]) and all(p["spec"]["containers"][0]["image"] == sys.argv[1] and ready(p) for p in pods) else 1)' "$1" "$2"
+}
+until_ok 900 "4 web pods Ready on kapp.local/busybox:2" web_on kapp.local/busybox:2 4
+fig "commit (new image tag) → rolled out, 4 pods Ready" "$((SECONDS - t)) s"
 
 git -C "$app" rm -q tick.yaml
 sed -i '/^- tick.yaml$/d' "$app/kustomization.yaml"

@@ -246,20 +246,30 @@ impl Gitops {
             return Ok(());
         }
         // One transaction when the change fits; otherwise ordered chunks, the status saying
-        // Applying until the last one lands.
-        let chunks: Vec<&[Value]> = if p.items.is_empty() { vec![&[]] } else { p.items.chunks(MAX_APPLY_ITEMS).collect() };
-        let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let sources = &p.sources[(i * MAX_APPLY_ITEMS).min(p.sources.len())..];
+        // Applying until the last one lands. A chunk the apiserver finds too large for one
+        // transaction (413: Services cost more than other objects) is halved and sent again.
+        let total = p.items.len();
+        let (mut at, mut size) = (0, MAX_APPLY_ITEMS);
+        loop {
+            let end = (at + size).min(total);
+            let last = end == total;
             let mut partial = st.clone();
-            if i < last {
+            if !last {
                 partial.state = "Applying".into();
                 partial.applied_commit = self.status.applied_commit.clone();
             }
-            match self.post_apply(chunk.to_vec(), partial).await {
-                Err(SyncFailure::Refused { code: 422, causes, message }) => return Err(SyncFailure::Invalid(map_causes(desired, sources, &causes, &message))),
+            match self.post_apply(p.items[at..end].to_vec(), partial).await {
+                Err(SyncFailure::Refused { code: 413, .. }) if size > 1 => {
+                    size = size.div_ceil(2).min(end - at - 1).max(1);
+                    continue;
+                }
+                Err(SyncFailure::Refused { code: 422, causes, message }) => return Err(SyncFailure::Invalid(map_causes(desired, &p.sources[at.min(p.sources.len())..], &causes, &message))),
                 other => other?,
             }
+            if last {
+                break;
+            }
+            at = end;
         }
         if p.drifted > 0 {
             self.event("Warning", "DriftReverted", &format!("{} object(s) changed outside git were put back to commit {}", p.drifted, short(&commit.sha))).await;

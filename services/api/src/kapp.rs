@@ -178,9 +178,11 @@ pub struct ClusterSettings {
     pub spec: ClusterSettingsSpec,
 }
 
-/// Most objects one Apply may change: one store transaction (1,024 operations) less the
-/// GitSync's own status. The apiserver refuses larger Applies; gitops chunks to fit.
-pub const MAX_APPLY_ITEMS: usize = 1023;
+/// Most objects one Apply may change: each costs a compare and a put in the one store
+/// transaction (1,024 of them), the GitSync's own status two more. A Service costs more (its
+/// allocations): the apiserver refuses an Apply that does not fit (413), and gitops halves
+/// its chunks until they do.
+pub const MAX_APPLY_ITEMS: usize = 511;
 
 /// Label every object gitops applied carries (value: the GitSync's name).
 pub const MANAGED_BY_LABEL: &str = "kapp.dev/gitsync";

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use crate::util::{self, status};
 use crate::{fail, json_response, keep_status, stamp_new, store_failure, Ctx, Target};
 
-const _: () = assert!(MAX_APPLY_ITEMS < limits::MAX_TXN_OPS, "an Apply's items and the GitSync must fit one transaction");
+const _: () = assert!(2 * MAX_APPLY_ITEMS + 2 <= limits::MAX_TXN_OPS, "an Apply of plain items and the GitSync must fit one transaction");
 
 /// One item of the request, resolved and validated.
 struct Item {
@@ -319,6 +319,12 @@ pub(crate) async fn apply(ctx: &Ctx, t: &Target, body: Value) -> Response<Body> 
     });
     let sync_stored = without_version(&sync);
     txn.success.push(Op::Put { key: sync_key.into_bytes(), value: ctx.codec.encode(sync_res.kind, &sync_stored), prev_kv: false });
+    // Each item costs a compare and an operation (a Service more, for its allocations):
+    // an Apply that does not fit one transaction is refused whole, and gitops sends less.
+    let ops = txn.compare.len() + txn.success.len() + txn.failure.len();
+    if ops > limits::MAX_TXN_OPS {
+        return fail(413, "RequestEntityTooLarge", &format!("this Apply of {} items needs {ops} store operations and compares, over the limit of {} of one transaction: send fewer items", items.len(), limits::MAX_TXN_OPS));
+    }
     if dry_run {
         return json_response(StatusCode::OK, &json!({"apiVersion": sync_res.api_version(), "kind": "ApplyResult", "dryRun": true, "results": results}));
     }
