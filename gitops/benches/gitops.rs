@@ -173,7 +173,7 @@ async fn main() {
         out.push_str(&r);
         out.push('\n');
     }
-    out.push_str("\nA first apply of more than 1,023 objects goes in ordered chunks of the store's transaction limit (ARCHITECTURE.md, GitOps). Polling figures depend on where in the interval the commit lands (0–15 s).\n");
+    out.push_str("\nA change of more than 511 objects goes in ordered chunks that fit one store transaction each (ARCHITECTURE.md, GitOps). Polling figures depend on where in the interval the commit lands (0–15 s).\n");
     let path = std::env::var("BENCH_OUT").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/bench/results/gitops.md").to_string());
     std::fs::File::create(&path).and_then(|mut f| f.write_all(out.as_bytes())).unwrap();
     println!("wrote {path}");
