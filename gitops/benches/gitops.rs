@@ -130,6 +130,7 @@ async fn main() {
         let t = visible(&cms, "hot", &i.to_string(), start, Duration::from_secs(60)).await.expect("visible by polling");
         poll.push(t.as_secs_f64());
     }
+    cp.shutdown().await;
     let wh_median = median(&mut webhook.clone());
     let wh_max = webhook.iter().cloned().fold(0.0, f64::max);
     println!("webhook: median {wh_median:.0} ms, max {wh_max:.0} ms over {samples}; poll: {poll:?} s");
@@ -159,6 +160,7 @@ async fn main() {
         let idle = start.elapsed();
         let cms: Api<ConfigMap> = Api::namespaced(cp.client("viewer", &[groups::VIEWERS]).await, "default");
         assert_eq!(cms.get("cm-0").await.unwrap().data.unwrap()["v"], "b");
+        cp.shutdown().await;
         println!("{n} objects: first apply {:.2} s, one edit {:.2} s, idle poll {:.2} s", first.as_secs_f64(), edit.as_secs_f64(), idle.as_secs_f64());
         rows.push(format!("| {n} | {:.2} s | {:.2} s | {:.2} s |", first.as_secs_f64(), edit.as_secs_f64(), idle.as_secs_f64()));
     }

@@ -280,4 +280,5 @@ async fn a_commit_larger_than_one_transaction_applies_in_chunks() {
     assert_eq!((svc_list.len(), ips.len()), (400, 400), "every Service applied, each with its own ClusterIP");
     let st = sync_status(&viewer).await;
     assert_eq!((st.state.as_str(), st.counts.created), ("Synced", 1000));
+    cp.shutdown().await;
 }

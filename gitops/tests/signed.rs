@@ -152,4 +152,5 @@ async fn only_commits_signed_by_a_trusted_key_are_applied() {
     assert_eq!(value().await.as_deref(), Some("4"));
     let st = status().await;
     assert_eq!((st.state.as_str(), st.applied_commit.unwrap().sha), ("Synced", again));
+    cp.shutdown().await;
 }

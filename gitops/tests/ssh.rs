@@ -105,6 +105,8 @@ async fn a_repository_over_ssh_with_the_deploy_key_and_a_checked_host_key() {
     let mut g = Gitops::new(cp.client("gitops", &[groups::GITOPS]).await, config(&host_pub, "state")).await;
     g.sync_once().await.unwrap();
     assert_eq!(cms.get("conf").await.unwrap().data.unwrap()["via"], "ssh");
+    // Stopped before the process exits: RocksDB's threads must not outlive its statics.
+    cp.shutdown().await;
 }
 
 fn nix_is_root() -> bool {
