@@ -31,7 +31,24 @@ const FLUSH_QUEUE: usize = 4096;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flusher: mpsc::SyncSender<LogFlushed<TypeConfig>>,
+    flusher: Arc<Flusher>,
+}
+
+/// The flusher thread's queue and handle. Dropping the last clone closes the queue and waits
+/// for the thread, so its reference to the database is gone when the log store is: whoever
+/// drops the last reference closes RocksDB, never a thread racing the process's exit.
+struct Flusher {
+    tx: Option<mpsc::SyncSender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn idx_key(index: u64) -> [u8; 8] {
@@ -49,11 +66,11 @@ impl LogStore {
     pub fn new(db: Arc<DB>) -> LogStore {
         let (tx, rx) = mpsc::sync_channel::<LogFlushed<TypeConfig>>(FLUSH_QUEUE);
         let fdb = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-wal-sync".into())
             .spawn(move || flusher(fdb, rx))
             .expect("spawn wal flusher thread");
-        LogStore { db, flusher: tx }
+        LogStore { db, flusher: Arc::new(Flusher { tx: Some(tx), thread: Some(thread) }) }
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -191,6 +208,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db.write(b).map_err(|e| StorageIOError::write_logs(&e))?;
         // Durable only once the flusher has synced the WAL; openraft waits for the callback.
         self.flusher
+            .tx
+            .as_ref()
+            .expect("the queue is open while a log store exists")
             .send(callback)
             .map_err(|_| StorageIOError::write_logs(&AnyErr("wal flusher thread is gone".into())))?;
         Ok(())
