@@ -46,15 +46,15 @@ async fn a_records(r: &Resolver<TokioRuntimeProvider>, name: &str) -> Vec<String
     }
 }
 
-/// The `service-ips-v4` map of the table in `ns`, as nft prints it (empty if absent).
-fn vip_map(ns: &str) -> String {
-    let out = Command::new("ip").args(["netns", "exec", ns, "nft", "list", "map", "inet", "kapp", "service-ips-v4"]).output().unwrap();
+/// A map of the table in `ns`, as nft prints it (empty if absent).
+fn map(ns: &str, name: &str) -> String {
+    let out = Command::new("ip").args(["netns", "exec", ns, "nft", "list", "map", "inet", "kapp", name]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn chain(ns: &str, name: &str) -> String {
-    let out = Command::new("ip").args(["netns", "exec", ns, "nft", "list", "chain", "inet", "kapp", name]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The `service-ips-v4` map (VIP → the chain that balances it).
+fn vip_map(ns: &str) -> String {
+    map(ns, "service-ips-v4")
 }
 
 async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(what: &str, within: Duration, mut f: F) -> Duration {
@@ -117,17 +117,18 @@ async fn proxy_and_dns_follow_services_and_endpoint_slices() {
     let t = eventually("dns answers the new service", Duration::from_secs(20), || async { a_records(&r, name).await == ["10.96.0.50"] }).await;
     eprintln!("dns answered after {t:?}");
     if root {
-        eventually("the proxy programs the VIP", Duration::from_secs(20), || async { vip_map(&ns.0).contains("10.96.0.50 . tcp . 80 : goto svc4-default/web/tcp/http") }).await;
-        assert!(chain(&ns.0, "svc4-default/web/tcp/http").contains("numgen random mod 2"));
+        eventually("the proxy programs the VIP", Duration::from_secs(20), || async { vip_map(&ns.0).contains("10.96.0.50 . tcp . 80 : goto lb-v4-2") }).await;
+        let eps = map(&ns.0, "service-endpoints-v4");
+        assert!(eps.contains("10.96.0.50 . tcp . 80 . 0 : 10.244.0.11 . 8080") && eps.contains("10.96.0.50 . tcp . 80 . 1 : 10.244.0.12 . 8080"), "{eps}");
     }
 
-    // One endpoint turns unready: the service chain follows within a second.
+    // One endpoint turns unready: the VIP moves to the one-endpoint chain within a second.
     let patch = json!({"endpoints": [{"addresses": ["10.244.0.11"], "conditions": {"ready": true}}, {"addresses": ["10.244.0.12"], "conditions": {"ready": false}}]});
     slices.patch("web-1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     if root {
         let t = eventually("the proxy drops the unready endpoint", Duration::from_secs(5), || async {
-            let c = chain(&ns.0, "svc4-default/web/tcp/http");
-            c.contains("dnat ip to 10.244.0.11:8080") && !c.contains("10.244.0.12")
+            let eps = map(&ns.0, "service-endpoints-v4");
+            vip_map(&ns.0).contains("10.96.0.50 . tcp . 80 : goto lb-v4-1") && eps.contains("10.96.0.50 . tcp . 80 . 0 : 10.244.0.11 . 8080") && !eps.contains("10.244.0.12")
         })
         .await;
         assert!(t < Duration::from_secs(1), "proxy followed in {t:?}");

@@ -123,8 +123,8 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut md = String::new();
     let _ = writeln!(md, "# Proxy: nft programming time\n");
-    let _ = writeln!(md, "Command: `cargo bench -p kapp-proxy` (as root). {nft_version}, kernel {kernel}, {cores} cores (shared with other builds while it ran).\n");
-    let _ = writeln!(md, "Each service: one ClusterIP port, 2 endpoints (one service chain with the endpoints inline, one map element). Medians of {REPEATS} runs (3 for the 10,000 full sync). Times include rendering, the `nft -f -` process and the kernel commit.\n");
+    let _ = writeln!(md, "Command: `cargo bench -p kapp-proxy` (as root). {nft_version}, kernel {kernel}, {cores} cores.\n");
+    let _ = writeln!(md, "Each service: one ClusterIP port, 2 endpoints — no chain of its own: one VIP element pointing at the shared two-endpoint chain, two endpoint elements (see ARCHITECTURE.md). A change that deletes elements pays ~6 ms in the kernel's commit whatever the table's size, hence the change column even at 1 service. Medians of {REPEATS} runs (3 for the 10,000 full sync). Times include rendering, the `nft -f -` process and the kernel commit.\n");
     let _ = writeln!(md, "| services | full sync (ms) | full program (KiB) | one service's endpoints changed (ms) | change program (bytes) | one service added (ms) |");
     let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {

@@ -32,8 +32,10 @@ pub trait Nft: Send {
     fn apply(&mut self, program: &str) -> Result<(), ExecError>;
     /// The names of the chains in `inet <table>` (empty when the table is missing).
     fn chains(&mut self, table: &str) -> Result<BTreeSet<String>, ExecError>;
-    /// A verdict map's elements: key (as `a . b . c`) → verdict (`goto chain`).
+    /// A map's elements: key (as `a . b . c`) → verdict (`goto chain`) or data (`a . b`).
     fn map_elements(&mut self, table: &str, map: &str) -> Result<BTreeMap<String, String>, ExecError>;
+    /// A set's elements (as `a . b`).
+    fn set_elements(&mut self, table: &str, set: &str) -> Result<BTreeSet<String>, ExecError>;
     /// How many rules a chain holds.
     fn rule_count(&mut self, table: &str, chain: &str) -> Result<usize, ExecError>;
 }
@@ -104,28 +106,39 @@ impl Nft for NftCommand {
         // Parsed by hand: the crate's `Map` has no `verdict` value type.
         let Some(v) = self.list_raw(&["list", "map", "inet", table, map])? else { return Ok(BTreeMap::new()) };
         let mut out = BTreeMap::new();
-        let objs = v["nftables"].as_array().ok_or_else(|| ExecError::Json("no nftables array".into()))?;
-        for o in objs {
-            let Some(elems) = o["map"]["elem"].as_array() else { continue };
-            for e in elems {
-                let (Some(k), Some(verdict)) = (e.get(0), e.get(1)) else { return Err(ExecError::Json(format!("element {e}"))) };
-                let key = match k.get("concat").and_then(|c| c.as_array()) {
-                    Some(parts) => parts.iter().map(scalar).collect::<Vec<_>>().join(" . "),
-                    None => scalar(k),
-                };
-                let verdict = ["goto", "jump"]
-                    .iter()
-                    .find_map(|kind| verdict[kind]["target"].as_str().map(|t| format!("{kind} {t}")))
-                    .ok_or_else(|| ExecError::Json(format!("verdict {verdict}")))?;
-                out.insert(key, verdict);
-            }
+        for e in elements(&v, "map")? {
+            let (Some(k), Some(value)) = (e.get(0), e.get(1)) else { return Err(ExecError::Json(format!("element {e}"))) };
+            let value = match ["goto", "jump"].iter().find_map(|kind| value[kind]["target"].as_str().map(|t| format!("{kind} {t}"))) {
+                Some(verdict) => verdict,
+                None => element_text(value),
+            };
+            out.insert(element_text(k), value);
         }
         Ok(out)
+    }
+
+    fn set_elements(&mut self, table: &str, set: &str) -> Result<BTreeSet<String>, ExecError> {
+        let Some(v) = self.list_raw(&["list", "set", "inet", table, set])? else { return Ok(BTreeSet::new()) };
+        Ok(elements(&v, "set")?.iter().map(element_text).collect())
     }
 
     fn rule_count(&mut self, table: &str, chain: &str) -> Result<usize, ExecError> {
         let Some(v) = self.list_raw(&["list", "chain", "inet", table, chain])? else { return Ok(0) };
         Ok(v["nftables"].as_array().map_or(0, |a| a.iter().filter(|o| o.get("rule").is_some()).count()))
+    }
+}
+
+/// The `elem` array of the one map or set in a listing.
+fn elements<'a>(v: &'a serde_json::Value, kind: &str) -> Result<&'a [serde_json::Value], ExecError> {
+    let objs = v["nftables"].as_array().ok_or_else(|| ExecError::Json("no nftables array".into()))?;
+    Ok(objs.iter().find_map(|o| o[kind]["elem"].as_array()).map_or(&[], |a| a.as_slice()))
+}
+
+/// An element key or value as nft's text syntax writes it: `a . b . c` for concatenations.
+fn element_text(v: &serde_json::Value) -> String {
+    match v.get("concat").and_then(|c| c.as_array()) {
+        Some(parts) => parts.iter().map(scalar).collect::<Vec<_>>().join(" . "),
+        None => scalar(v),
     }
 }
 

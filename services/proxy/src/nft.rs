@@ -2,25 +2,34 @@
 //!
 //! One table (`inet <table>`) holds everything:
 //!
-//! - verdict maps per IP family: `service-ips-v4` (VIP . proto . port → `goto svc…`),
-//!   `service-nodeports-v4` (proto . nodePort → `goto ext…`), and the same two for service
+//! - verdict maps per IP family: `service-ips-v4` (VIP . proto . port → `goto …`),
+//!   `service-nodeports-v4` (proto . nodePort → `goto …`), and the same two for service
 //!   ports without endpoints (`no-endpoint-…` → `goto reject-chain`), so a lookup is O(1)
 //!   at any number of Services;
+//! - data maps that pick the endpoint: `service-endpoints-v4` (VIP . proto . port . i →
+//!   endpoint . port) and `nodeport-endpoints-v4` (proto . nodePort . i → …), read by
+//!   shared chains `lb-v4-N` / `np-v4-N` (one per endpoint count N ≤
+//!   [`MAX_SHARED_ENDPOINTS`]: mark for masquerade as needed, then
+//!   `dnat … numgen random mod N map @…`);
+//! - `hairpin-v4` (endpoint . endpoint): postrouting masquerades a pod that reached
+//!   itself through its Service, so the reply comes back through the node;
 //! - fixed chains: the NAT hooks jump to `services` (one vmap lookup per family and
 //!   kind); filter hooks (priority -110, before DNAT) jump to `endpoints-check`, which
 //!   rejects new connections to ports without endpoints (reject is not allowed in NAT
 //!   chains); `masquerading` in postrouting SNATs what `mark-for-masquerade` marked;
-//! - per service port one chain `svc…`: mark traffic from outside the pod network and from
-//!   its own endpoints (hairpin), then DNAT to an endpoint (ClientIP affinity first, then
-//!   `numgen random mod N-i 0` as plain matches — no per-service anonymous map, which
-//!   costs the kernel ~1 ms each); per NodePort a chain `ext…` that marks and jumps to
-//!   `svc…`. No chain per endpoint: nft reads every chain of the table before each
-//!   transaction, so the number of chains is what a small change costs at scale.
+//! - a chain of its own (`svc…`, and `ext…` for its NodePort) only for a service port with
+//!   ClientIP affinity (its per-endpoint affinity sets) or more endpoints than the shared
+//!   chains cover.
+//!
+//! Why so few chains: `nft` reads every chain of every table before a transaction that
+//! adds elements or rules, so the number of chains is what a one-service change costs at
+//! scale (a chain per service made one change at 10,000 services cost ~80 ms; element
+//! changes in a table of fixed chains cost what starting `nft` costs).
 //!
 //! A service port renders to a [`Fragment`] on its own, so a change is computed and
 //! written per service port; a full program is all fragments in one table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -63,6 +72,9 @@ pub struct Fragment {
     /// Set name → its declaration (`type …; flags …; timeout …;`).
     pub sets: BTreeMap<String, String>,
     pub elements: Elements,
+    /// (set, element) of the hairpin sets: shared by every port with the same endpoint,
+    /// so the proxier counts references instead of owning them per port.
+    pub hairpin: BTreeSet<(String, String)>,
 }
 
 fn fam(f: Family) -> (&'static str, &'static str) {
@@ -90,14 +102,57 @@ pub fn cidr_set(f: Family) -> String {
     format!("cluster-cidrs-{}", fam(f).0)
 }
 
-/// Every map of the table.
-pub fn maps() -> Vec<(String, Family, bool)> {
+/// VIP . proto . port . i → endpoint . port.
+pub fn map_endpoints(f: Family) -> String {
+    format!("service-endpoints-{}", fam(f).0)
+}
+/// proto . nodePort . i → endpoint . port.
+pub fn map_nodeport_endpoints(f: Family) -> String {
+    format!("nodeport-endpoints-{}", fam(f).0)
+}
+/// endpoint . endpoint: connections a pod made to itself through a Service.
+pub fn hairpin_set(f: Family) -> String {
+    format!("hairpin-{}", fam(f).0)
+}
+/// The shared chain that balances a ClusterIP over `n` endpoints.
+pub fn lb_chain(f: Family, n: usize) -> String {
+    format!("lb-{}-{n}", fam(f).0)
+}
+/// The shared chain that balances a NodePort over `n` endpoints.
+pub fn np_chain(f: Family, n: usize) -> String {
+    format!("np-{}-{n}", fam(f).0)
+}
+
+/// Service ports with up to this many endpoints (and no ClientIP affinity) need no chain
+/// of their own.
+pub const MAX_SHARED_ENDPOINTS: usize = 32;
+
+/// A map or set kapp keeps elements in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapDecl {
+    pub name: String,
+    /// `map` or `set`.
+    pub kind: &'static str,
+    /// The body of its declaration (`type …`).
+    pub decl: String,
+}
+
+/// Every map and set whose elements follow the service ports (not the CIDR sets).
+pub fn maps() -> Vec<MapDecl> {
     let mut v = vec![];
+    let map = |name: String, decl: String| MapDecl { name, kind: "map", decl };
     for f in [Family::V4, Family::V6] {
-        v.push((map_services(f), f, true));
-        v.push((map_nodeports(f), f, false));
-        v.push((map_no_endpoints(f), f, true));
-        v.push((map_no_endpoint_nodeports(f), f, false));
+        let (_, ipf) = fam(f);
+        let addr = if f == Family::V4 { "ipv4_addr" } else { "ipv6_addr" };
+        v.push(map(map_services(f), format!("type {addr} . inet_proto . inet_service : verdict")));
+        v.push(map(map_nodeports(f), "type inet_proto . inet_service : verdict".into()));
+        v.push(map(map_no_endpoints(f), format!("type {addr} . inet_proto . inet_service : verdict")));
+        v.push(map(map_no_endpoint_nodeports(f), "type inet_proto . inet_service : verdict".into()));
+        // `typeof`: the index is numgen's value, which has no named type. The modulus in
+        // the declaration is only its type; each lb chain uses its own.
+        v.push(map(map_endpoints(f), format!("typeof {ipf} daddr . meta l4proto . th dport . numgen random mod 2 : {ipf} daddr . th dport")));
+        v.push(map(map_nodeport_endpoints(f), format!("typeof meta l4proto . th dport . numgen random mod 2 : {ipf} daddr . th dport")));
+        v.push(MapDecl { name: hairpin_set(f), kind: "set", decl: format!("type {addr} . {addr}") });
     }
     v
 }
@@ -136,6 +191,22 @@ pub fn fragment(cfg: &RenderConfig, k: &PortKey, p: &ServicePort) -> Fragment {
         }
         return f;
     }
+    f.hairpin = p.endpoints.iter().map(|e| (hairpin_set(k.family), format!("{} . {}", e.ip, e.ip))).collect();
+    let n = p.endpoints.len();
+    if p.affinity.is_none() && n <= MAX_SHARED_ENDPOINTS {
+        // Elements only: the shared chains for n endpoints pick index 0..n.
+        for (i, e) in p.endpoints.iter().enumerate() {
+            f.elements.insert((map_endpoints(k.family), format!("{vip_key} . {i}")), format!("{} . {}", e.ip, e.port));
+        }
+        f.elements.insert((map_services(k.family), vip_key), format!("goto {}", lb_chain(k.family, n)));
+        if let Some(np) = p.node_port {
+            for (i, e) in p.endpoints.iter().enumerate() {
+                f.elements.insert((map_nodeport_endpoints(k.family), format!("{proto} . {np} . {i}")), format!("{} . {}", e.ip, e.port));
+            }
+            f.elements.insert((map_nodeports(k.family), format!("{proto} . {np}")), format!("goto {}", np_chain(k.family, n)));
+        }
+        return f;
+    }
     let svc = svc_chain(k);
     let mut rules = vec![];
     if cfg.cluster_cidrs.iter().any(|(ip, _)| Family::of(ip) == k.family) {
@@ -143,15 +214,8 @@ pub fn fragment(cfg: &RenderConfig, k: &PortKey, p: &ServicePort) -> Fragment {
         // which the kernel and nft's cache pay for at every transaction.
         rules.push(format!("{ipf} saddr != @{} jump mark-for-masquerade", cidr_set(k.family)));
     }
-    // Endpoints are inlined in the service chain (no chain per endpoint): nft fetches
-    // every chain of the table before each transaction, so the chain count is what a
-    // one-service change costs at scale.
+    // Endpoints are inlined in the service chain (no chain per endpoint).
     let aff: Vec<Option<String>> = p.endpoints.iter().map(|e| p.affinity.map(|t| format!("aff{}/{t}", ep_suffix(k, &e.ip, e.port)))).collect();
-    // Hairpin: a packet from an endpoint of this port is masqueraded, so a pod that
-    // reaches itself through its Service gets the reply back through the node.
-    for e in &p.endpoints {
-        rules.push(format!("{ipf} saddr {} jump mark-for-masquerade", e.ip));
-    }
     let to = |i: usize| {
         let e = &p.endpoints[i];
         let update = aff[i].as_ref().map_or(String::new(), |set| format!("update @{set} {{ {ipf} saddr }} "));
@@ -163,7 +227,6 @@ pub fn fragment(cfg: &RenderConfig, k: &PortKey, p: &ServicePort) -> Fragment {
             f.sets.insert(set.clone(), format!("type {}_addr; flags dynamic,timeout; timeout {t}s;", if k.family == Family::V4 { "ipv4" } else { "ipv6" }));
         }
     }
-    let n = p.endpoints.len();
     for i in 0..n {
         if i + 1 < n {
             // Each remaining endpoint with equal chance: 1/(n-i) of what is left.
@@ -182,11 +245,14 @@ pub fn fragment(cfg: &RenderConfig, k: &PortKey, p: &ServicePort) -> Fragment {
     f
 }
 
-/// The chains every table has, with their rules.
-pub fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<String>, Vec<String>)> {
+/// The chains every table has, with their rules: first the ones every packet may pass
+/// (hooks and helpers), then the shared balancing chains.
+pub fn fixed_chains(cfg: &RenderConfig) -> Vec<(String, Option<String>, Vec<String>)> {
     let m = cfg.masquerade_bit;
     let mut services = vec![];
     let mut check = vec![];
+    let mut postrouting = vec![];
+    let mut balancing = vec![];
     for f in [Family::V4, Family::V6] {
         let (_, ipf) = fam(f);
         let lo = if f == Family::V4 { "127.0.0.0/8" } else { "::1" };
@@ -194,31 +260,45 @@ pub fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<String>, Ve
         services.push(format!("fib daddr type local {ipf} daddr != {lo} meta l4proto . th dport vmap @{}", map_nodeports(f)));
         check.push(format!("{ipf} daddr . meta l4proto . th dport vmap @{}", map_no_endpoints(f)));
         check.push(format!("fib daddr type local {ipf} daddr != {lo} meta l4proto . th dport vmap @{}", map_no_endpoint_nodeports(f)));
+        postrouting.push(format!("{ipf} saddr . {ipf} daddr @{} jump mark-for-masquerade", hairpin_set(f)));
+        let outside = cfg.cluster_cidrs.iter().any(|(ip, _)| Family::of(ip) == f).then(|| format!("{ipf} saddr != @{} jump mark-for-masquerade", cidr_set(f)));
+        for n in 1..=MAX_SHARED_ENDPOINTS {
+            let mut lb: Vec<String> = outside.iter().cloned().collect();
+            lb.push(format!("dnat {ipf} to {ipf} daddr . meta l4proto . th dport . numgen random mod {n} map @{}", map_endpoints(f)));
+            balancing.push((lb_chain(f, n), None, lb));
+            let np = vec!["jump mark-for-masquerade".into(), format!("dnat {ipf} to meta l4proto . th dport . numgen random mod {n} map @{}", map_nodeport_endpoints(f))];
+            balancing.push((np_chain(f, n), None, np));
+        }
     }
+    postrouting.push("jump masquerading".into());
     let hook = |kind: &str, hook: &str, prio: i32| Some(format!("type {kind} hook {hook} priority {prio}; policy accept;"));
-    vec![
-        ("reject-chain", None, vec!["reject".into()]),
-        ("mark-for-masquerade", None, vec![format!("meta mark set meta mark | {m:#x}")]),
-        ("masquerading", None, vec![format!("meta mark & {m:#x} == 0 return"), format!("meta mark set meta mark ^ {m:#x}"), "masquerade fully-random".into()]),
-        ("services", None, services),
-        ("endpoints-check", None, check),
-        ("nat-prerouting", hook("nat", "prerouting", -100), vec!["jump services".into()]),
-        ("nat-output", hook("nat", "output", -100), vec!["jump services".into()]),
-        ("nat-postrouting", hook("nat", "postrouting", 100), vec!["jump masquerading".into()]),
-        ("filter-forward", hook("filter", "forward", -110), vec!["ct state new jump endpoints-check".into()]),
-        ("filter-input", hook("filter", "input", -110), vec!["ct state new jump endpoints-check".into()]),
-        ("filter-output", hook("filter", "output", -110), vec!["ct state new jump endpoints-check".into()]),
-    ]
+    let mut v: Vec<(String, Option<String>, Vec<String>)> = vec![
+        ("reject-chain".into(), None, vec!["reject".into()]),
+        ("mark-for-masquerade".into(), None, vec![format!("meta mark set meta mark | {m:#x}")]),
+        ("masquerading".into(), None, vec![format!("meta mark & {m:#x} == 0 return"), format!("meta mark set meta mark ^ {m:#x}"), "masquerade fully-random".into()]),
+        ("services".into(), None, services),
+        ("endpoints-check".into(), None, check),
+        ("nat-prerouting".into(), hook("nat", "prerouting", -100), vec!["jump services".into()]),
+        ("nat-output".into(), hook("nat", "output", -100), vec!["jump services".into()]),
+        ("nat-postrouting".into(), hook("nat", "postrouting", 100), postrouting),
+        ("filter-forward".into(), hook("filter", "forward", -110), vec!["ct state new jump endpoints-check".into()]),
+        ("filter-input".into(), hook("filter", "input", -110), vec!["ct state new jump endpoints-check".into()]),
+        ("filter-output".into(), hook("filter", "output", -110), vec!["ct state new jump endpoints-check".into()]),
+    ];
+    v.append(&mut balancing);
+    v
 }
+
+/// How many of [`fixed_chains`] come before the shared balancing chains.
+pub const CORE_CHAINS: usize = 11;
 
 /// One transaction that replaces the whole table (creating it if absent).
 pub fn full_program<'a>(cfg: &RenderConfig, frags: impl IntoIterator<Item = &'a Fragment>) -> String {
     let t = &cfg.table;
     let mut out = String::with_capacity(1 << 16);
     let _ = writeln!(out, "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{");
-    for (name, f, with_ip) in maps() {
-        let ip = if f == Family::V4 { "ipv4_addr . " } else { "ipv6_addr . " };
-        let _ = writeln!(out, "  map {name} {{\n    type {}inet_proto . inet_service : verdict\n  }}", if with_ip { ip } else { "" });
+    for m in maps() {
+        let _ = writeln!(out, "  {} {} {{\n    {}\n  }}", m.kind, m.name, m.decl);
     }
     for f in [Family::V4, Family::V6] {
         let cidrs: Vec<String> = cfg.cluster_cidrs.iter().filter(|(ip, _)| Family::of(ip) == f).map(|(ip, l)| format!("{ip}/{l}")).collect();
@@ -227,8 +307,10 @@ pub fn full_program<'a>(cfg: &RenderConfig, frags: impl IntoIterator<Item = &'a 
         let _ = writeln!(out, "  set {} {{\n    type {ty}; flags interval;{elements}\n  }}", cidr_set(f));
     }
     let mut elements: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut hairpin: BTreeSet<&(String, String)> = BTreeSet::new();
     let mut chains = String::new();
     for fr in frags {
+        hairpin.extend(fr.hairpin.iter());
         for (name, decl) in &fr.sets {
             let _ = writeln!(out, "  set {name} {{\n    {decl}\n  }}");
         }
@@ -255,15 +337,26 @@ pub fn full_program<'a>(cfg: &RenderConfig, frags: impl IntoIterator<Item = &'a 
     }
     out.push_str(&chains);
     out.push_str("}\n");
+    for (set, elem) in hairpin {
+        elements.entry(set.as_str()).or_default().push(elem.clone());
+    }
     for (map, elems) in elements {
         let _ = writeln!(out, "add element inet {t} {map} {{ {} }}", elems.join(", "));
     }
     out
 }
 
+/// Hairpin elements to add and delete (reference counts are the proxier's).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedChanges {
+    pub add: Vec<(String, String)>,
+    pub delete: Vec<(String, String)>,
+}
+
 /// One transaction that turns the service ports `changes` (old fragment, new fragment)
-/// from old into new, touching nothing else. Empty when nothing changes.
-pub fn update_program(cfg: &RenderConfig, changes: &[(Option<&Fragment>, Option<&Fragment>)]) -> String {
+/// from old into new, plus the `shared` element changes, touching nothing else. Empty when
+/// nothing changes.
+pub fn update_program(cfg: &RenderConfig, changes: &[(Option<&Fragment>, Option<&Fragment>)], shared: &SharedChanges) -> String {
     let t = &cfg.table;
     let empty = Fragment::default();
     let (mut add_sets, mut add_chains, mut fill, mut del_elems, mut add_elems, mut flush_old, mut del_chains, mut del_sets) =
@@ -312,6 +405,12 @@ pub fn update_program(cfg: &RenderConfig, changes: &[(Option<&Fragment>, Option<
             }
         }
     }
+    for (set, elem) in &shared.delete {
+        del_elems.entry(set).or_default().push(elem);
+    }
+    for (set, elem) in &shared.add {
+        add_elems.entry(set).or_default().push(elem.clone());
+    }
     let mut out = add_sets;
     out.push_str(&add_chains);
     out.push_str(&fill);
@@ -349,7 +448,27 @@ mod tests {
     }
 
     #[test]
-    fn service_with_two_endpoints_affinity_and_node_port() {
+    fn service_with_two_endpoints_and_a_node_port_is_only_map_elements() {
+        let f = fragment(&cfg(), &key("web"), &port(&["10.244.1.5", "10.244.1.6"], Some(30080), None));
+        assert!(f.chains.is_empty() && f.sets.is_empty(), "{f:?}");
+        let e = |map: &str, k: &str| f.elements[&(map.to_string(), k.to_string())].clone();
+        assert_eq!(e("service-ips-v4", "10.96.0.10 . tcp . 80"), "goto lb-v4-2");
+        assert_eq!(e("service-endpoints-v4", "10.96.0.10 . tcp . 80 . 0"), "10.244.1.5 . 8080");
+        assert_eq!(e("service-endpoints-v4", "10.96.0.10 . tcp . 80 . 1"), "10.244.1.6 . 8080");
+        assert_eq!(e("service-nodeports-v4", "tcp . 30080"), "goto np-v4-2");
+        assert_eq!(e("nodeport-endpoints-v4", "tcp . 30080 . 1"), "10.244.1.6 . 8080");
+        assert_eq!(f.elements.len(), 6);
+        assert_eq!(f.hairpin.iter().map(|(s, e)| format!("{s} {e}")).collect::<Vec<_>>(), ["hairpin-v4 10.244.1.5 . 10.244.1.5", "hairpin-v4 10.244.1.6 . 10.244.1.6"]);
+        let fixed = fixed_chains(&cfg());
+        let lb2 = &fixed.iter().find(|c| c.0 == "lb-v4-2").unwrap().2;
+        assert_eq!(lb2, &["ip saddr != @cluster-cidrs-v4 jump mark-for-masquerade", "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @service-endpoints-v4"]);
+        let np2 = &fixed.iter().find(|c| c.0 == "np-v4-2").unwrap().2;
+        assert_eq!(np2, &["jump mark-for-masquerade", "dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-endpoints-v4"]);
+        assert_eq!(fixed.len(), CORE_CHAINS + 4 * MAX_SHARED_ENDPOINTS);
+    }
+
+    #[test]
+    fn affinity_or_many_endpoints_get_a_chain_of_their_own() {
         let f = fragment(&cfg(), &key("web"), &port(&["10.244.1.5", "10.244.1.6"], Some(30080), Some(60)));
         let svc = &f.chains["svc4-default/web/tcp/http"];
         let aff5 = "aff4-default/web/tcp/http/10.244.1.5/8080/60";
@@ -358,8 +477,6 @@ mod tests {
             svc,
             &[
                 "ip saddr != @cluster-cidrs-v4 jump mark-for-masquerade".to_string(),
-                "ip saddr 10.244.1.5 jump mark-for-masquerade".into(),
-                "ip saddr 10.244.1.6 jump mark-for-masquerade".into(),
                 format!("ip saddr @{aff5} meta l4proto tcp update @{aff5} {{ ip saddr }} dnat ip to 10.244.1.5:8080"),
                 format!("ip saddr @{aff6} meta l4proto tcp update @{aff6} {{ ip saddr }} dnat ip to 10.244.1.6:8080"),
                 format!("numgen random mod 2 0 meta l4proto tcp update @{aff5} {{ ip saddr }} dnat ip to 10.244.1.5:8080"),
@@ -371,35 +488,56 @@ mod tests {
         assert_eq!(f.elements[&("service-ips-v4".into(), "10.96.0.10 . tcp . 80".into())], "goto svc4-default/web/tcp/http");
         assert_eq!(f.elements[&("service-nodeports-v4".into(), "tcp . 30080".into())], "goto ext4-default/web/tcp/http");
         assert_eq!(f.sets.len(), 2);
+        assert_eq!(f.hairpin.len(), 2);
+        let many: Vec<String> = (0..=MAX_SHARED_ENDPOINTS).map(|i| format!("10.244.2.{i}")).collect();
+        let many: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+        let f = fragment(&cfg(), &key("big"), &port(&many, None, None));
+        assert_eq!(f.chains["svc4-default/big/tcp/http"].len(), 1 + many.len());
+        assert_eq!(f.elements.len(), 1);
     }
 
     #[test]
     fn no_endpoints_rejects() {
         let f = fragment(&cfg(), &key("web"), &port(&[], Some(30080), None));
         assert!(f.chains.is_empty());
+        assert!(f.hairpin.is_empty());
         assert_eq!(f.elements.len(), 2);
         assert!(f.elements.values().all(|v| v == "goto reject-chain"));
     }
 
     #[test]
-    fn update_touches_only_what_changed_in_a_safe_order() {
+    fn update_touches_only_what_changed() {
         let c = cfg();
+        let none = SharedChanges::default();
         let old = fragment(&c, &key("web"), &port(&["10.244.1.5", "10.244.1.6"], None, None));
         let new = fragment(&c, &key("web"), &port(&["10.244.1.5"], None, None));
-        let p = update_program(&c, &[(Some(&old), Some(&new))]);
+        let p = update_program(&c, &[(Some(&old), Some(&new))], &none);
         assert_eq!(
             p,
-            "flush chain inet kapp svc4-default/web/tcp/http\n\
-             add rule inet kapp svc4-default/web/tcp/http ip saddr != @cluster-cidrs-v4 jump mark-for-masquerade\n\
-             add rule inet kapp svc4-default/web/tcp/http ip saddr 10.244.1.5 jump mark-for-masquerade\n\
-             add rule inet kapp svc4-default/web/tcp/http meta l4proto tcp dnat ip to 10.244.1.5:8080\n"
+            "delete element inet kapp service-endpoints-v4 { 10.96.0.10 . tcp . 80 . 1 }\n\
+             delete element inet kapp service-ips-v4 { 10.96.0.10 . tcp . 80 }\n\
+             add element inet kapp service-ips-v4 { 10.96.0.10 . tcp . 80 : goto lb-v4-1 }\n"
         );
-        // Losing the last endpoint: the VIP moves to the reject map, chains go.
-        let none = fragment(&c, &key("web"), &port(&[], None, None));
-        let p = update_program(&c, &[(Some(&new), Some(&none))]);
-        assert!(p.starts_with("delete element inet kapp service-ips-v4 { 10.96.0.10 . tcp . 80 }\nadd element inet kapp no-endpoint-services-v4 { 10.96.0.10 . tcp . 80 : goto reject-chain }\nflush chain"), "{p}");
-        assert!(p.ends_with("flush chain inet kapp svc4-default/web/tcp/http\ndelete chain inet kapp svc4-default/web/tcp/http\n"), "{p}");
-        assert_eq!(update_program(&c, &[(Some(&new), Some(&new))]), "");
+        // Losing the last endpoint: the VIP moves to the reject map.
+        let empty = fragment(&c, &key("web"), &port(&[], None, None));
+        let shared = SharedChanges { add: vec![], delete: vec![("hairpin-v4".into(), "10.244.1.5 . 10.244.1.5".into())] };
+        let p = update_program(&c, &[(Some(&new), Some(&empty))], &shared);
+        assert_eq!(
+            p,
+            "delete element inet kapp hairpin-v4 { 10.244.1.5 . 10.244.1.5 }\n\
+             delete element inet kapp service-endpoints-v4 { 10.96.0.10 . tcp . 80 . 0 }\n\
+             delete element inet kapp service-ips-v4 { 10.96.0.10 . tcp . 80 }\n\
+             add element inet kapp no-endpoint-services-v4 { 10.96.0.10 . tcp . 80 : goto reject-chain }\n"
+        );
+        assert_eq!(update_program(&c, &[(Some(&new), Some(&new))], &none), "");
+        // A port with its own chain: rules rewritten in place; the chain goes with it.
+        let a2 = fragment(&c, &key("web"), &port(&["10.244.1.5", "10.244.1.6"], None, Some(60)));
+        let a1 = fragment(&c, &key("web"), &port(&["10.244.1.5"], None, Some(60)));
+        let p = update_program(&c, &[(Some(&a2), Some(&a1))], &none);
+        assert!(p.starts_with("flush chain inet kapp svc4-default/web/tcp/http\nadd rule inet kapp svc4-default/web/tcp/http ip saddr != @cluster-cidrs-v4"), "{p}");
+        assert!(p.ends_with("delete set inet kapp aff4-default/web/tcp/http/10.244.1.6/8080/60\n"), "{p}");
+        let p = update_program(&c, &[(Some(&a1), Some(&new))], &none);
+        assert!(p.ends_with("flush chain inet kapp svc4-default/web/tcp/http\ndelete chain inet kapp svc4-default/web/tcp/http\ndelete set inet kapp aff4-default/web/tcp/http/10.244.1.5/8080/60\n"), "{p}");
     }
 
     #[test]
@@ -407,20 +545,30 @@ mod tests {
         let c = cfg();
         let f = fragment(&c, &key("web"), &port(&["10.244.1.5"], Some(30080), None));
         let p = full_program(&c, [&f]);
-        assert!(p.starts_with("add table inet kapp\ndelete table inet kapp\ntable inet kapp {\n  map service-ips-v4 {"));
+        assert!(p.starts_with("add table inet kapp\ndelete table inet kapp\ntable inet kapp {\n  map service-ips-v4 {\n    type ipv4_addr . inet_proto . inet_service : verdict\n  }\n"), "{p}");
+        assert!(p.contains("  map service-endpoints-v4 {\n    typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport\n  }\n"), "{p}");
+        assert!(p.contains("  set hairpin-v6 {\n    type ipv6_addr . ipv6_addr\n  }\n"), "{p}");
         assert!(p.contains("    type nat hook prerouting priority -100; policy accept;\n    jump services\n"));
-        assert!(p.contains("add element inet kapp service-ips-v4 { 10.96.0.10 . tcp . 80 : goto svc4-default/web/tcp/http }\n"));
-        assert!(p.find("chain svc4-default").unwrap() < p.find("add element").unwrap());
+        assert!(p.contains("    type nat hook postrouting priority 100; policy accept;\n    ip saddr . ip daddr @hairpin-v4 jump mark-for-masquerade\n    ip6 saddr . ip6 daddr @hairpin-v6 jump mark-for-masquerade\n    jump masquerading\n"), "{p}");
+        assert!(p.contains("add element inet kapp service-ips-v4 { 10.96.0.10 . tcp . 80 : goto lb-v4-1 }\n"));
+        assert!(p.contains("add element inet kapp hairpin-v4 { 10.244.1.5 . 10.244.1.5 }\n"));
+        assert!(p.contains("add element inet kapp nodeport-endpoints-v4 { tcp . 30080 . 0 : 10.244.1.5 . 8080 }\n"));
+        assert!(p.find("chain lb-v4-1 {").unwrap() < p.find("add element").unwrap());
         assert!(p.contains("  set cluster-cidrs-v4 {\n    type ipv4_addr; flags interval; elements = { 10.244.0.0/16 };\n  }\n"), "{p}");
         assert!(p.contains("  set cluster-cidrs-v6 {\n    type ipv6_addr; flags interval; elements = { fd00:244::/64 };\n  }\n"), "{p}");
     }
 
     #[test]
-    fn ipv6_endpoints_are_bracketed_and_named_without_colons() {
+    fn ipv6_endpoints() {
         let k = PortKey { family: Family::V6, ..key("v6") };
         let p = ServicePort { cluster_ip: "fd00::a".parse().unwrap(), port: 80, node_port: None, endpoints: vec![Endpoint { ip: "fd00::5".parse().unwrap(), port: 8080 }], affinity: None };
         let f = fragment(&cfg(), &k, &p);
-        assert_eq!(f.chains["svc6-default/v6/tcp/http"].last().unwrap(), "meta l4proto tcp dnat ip6 to [fd00::5]:8080");
-        assert_eq!(f.chains["svc6-default/v6/tcp/http"][0], "ip6 saddr != @cluster-cidrs-v6 jump mark-for-masquerade");
+        assert_eq!(f.elements[&("service-endpoints-v6".into(), "fd00::a . tcp . 80 . 0".into())], "fd00::5 . 8080");
+        assert_eq!(f.elements[&("service-ips-v6".into(), "fd00::a . tcp . 80".into())], "goto lb-v6-1");
+        let lb1 = fixed_chains(&cfg()).into_iter().find(|c| c.0 == "lb-v6-1").unwrap().2;
+        assert_eq!(lb1, ["ip6 saddr != @cluster-cidrs-v6 jump mark-for-masquerade", "dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @service-endpoints-v6"]);
+        // With their own chain, IPv6 endpoints are bracketed and named without colons.
+        let f = fragment(&cfg(), &k, &ServicePort { affinity: Some(10), ..p });
+        assert_eq!(f.chains["svc6-default/v6/tcp/http"].last().unwrap(), "meta l4proto tcp update @aff6-default/v6/tcp/http/fd00__5/8080/10 { ip6 saddr } dnat ip6 to [fd00::5]:8080");
     }
 }

@@ -1,12 +1,12 @@
 //! Carries the desired model into the kernel and remembers what it programmed, so a
 //! change costs only the service ports it touches and nothing is ever read back whole.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::exec::{Conntrack, ExecError, Nft};
 use crate::model::{Desired, PortKey, Protocol, ServicePort};
-use crate::nft::{self, Fragment, RenderConfig};
+use crate::nft::{self, Fragment, RenderConfig, SharedChanges};
 
 /// What one sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,13 +56,15 @@ pub struct Proxier<N: Nft, C: Conntrack> {
     /// Service ports some of whose elements another port owns: re-rendered at every
     /// sync until they get them.
     shadowed: BTreeSet<PortKey>,
+    /// References to each hairpin element (set, endpoint . endpoint) from programmed ports.
+    hairpin: HashMap<(String, String), usize>,
     synced: bool,
     check_cursor: Option<String>,
 }
 
 impl<N: Nft, C: Conntrack> Proxier<N, C> {
     pub fn new(cfg: RenderConfig, nft: N, conntrack: C) -> Self {
-        Proxier { cfg, nft, conntrack, programmed: BTreeMap::new(), owners: HashMap::new(), shadowed: BTreeSet::new(), synced: false, check_cursor: None }
+        Proxier { cfg, nft, conntrack, programmed: BTreeMap::new(), owners: HashMap::new(), shadowed: BTreeSet::new(), hairpin: HashMap::new(), synced: false, check_cursor: None }
     }
 
     pub fn config(&self) -> &RenderConfig {
@@ -99,13 +101,14 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
             return Ok(SyncStats { elapsed: start.elapsed(), ..Default::default() });
         }
         // Release the elements of every changed port first, so ports that swap a VIP or
-        // nodePort in one batch do not shadow each other.
-        let mut owners = self.owners.clone();
+        // nodePort in one batch do not shadow each other. Ownership changes are kept aside
+        // (never a copy of the whole map) and applied once the kernel took the batch.
+        let mut claims = Claims::over(&self.owners);
         for k in &changed {
             if let Some(old) = self.programmed.get(k) {
                 for e in old.frag.elements.keys() {
-                    if owners.get(e) == Some(k) {
-                        owners.remove(e);
+                    if self.owners.get(e) == Some(k) {
+                        claims.released.insert(e.clone());
                     }
                 }
             }
@@ -116,7 +119,7 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
             shadowed.remove(k);
             let frag = desired.get(k).map(|p| {
                 let mut f = nft::fragment(&self.cfg, k, p);
-                if claim(&mut owners, k, &mut f) {
+                if claim(&mut claims, k, &mut f) {
                     shadowed.insert(k.clone());
                 }
                 f
@@ -124,9 +127,11 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
             new_frags.push((k, frag));
         }
         let pairs: Vec<(Option<&Fragment>, Option<&Fragment>)> = new_frags.iter().map(|(k, f)| (self.programmed.get(*k).map(|p| &p.frag), f.as_ref())).collect();
-        let program = nft::update_program(&self.cfg, &pairs);
+        let (hairpin, shared) = hairpin_changes(&self.hairpin, &pairs);
+        let program = nft::update_program(&self.cfg, &pairs, &shared);
+        let (released, claimed) = (claims.released, claims.claimed);
         if program.is_empty() {
-            self.owners = owners;
+            self.commit_claims(released, claimed, hairpin);
             self.shadowed = shadowed;
             return Ok(SyncStats { elapsed: start.elapsed(), ..Default::default() });
         }
@@ -150,21 +155,37 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
                 _ => gone.extend(lost_udp_endpoints(k, old.as_ref().map(|o| &o.port), None)),
             }
         }
-        self.owners = owners;
+        self.commit_claims(released, claimed, hairpin);
         self.shadowed = shadowed;
         self.flush_conntrack(gone);
         Ok(SyncStats { full: false, changed: n, program_bytes: program.len(), elapsed: start.elapsed() })
     }
 
+    /// Apply a batch's ownership and hairpin changes.
+    fn commit_claims(&mut self, released: HashSet<(String, String)>, claimed: HashMap<(String, String), PortKey>, hairpin: HashMap<(String, String), isize>) {
+        for e in released {
+            self.owners.remove(&e);
+        }
+        self.owners.extend(claimed);
+        for (e, d) in hairpin {
+            let n = self.hairpin.entry(e.clone()).or_insert(0);
+            *n = n.saturating_add_signed(d);
+            if *n == 0 {
+                self.hairpin.remove(&e);
+            }
+        }
+    }
+
     /// Rewrite the whole table from `desired` in one transaction.
     pub fn full_sync(&mut self, desired: &Desired) -> Result<SyncStats, ExecError> {
         let start = Instant::now();
-        let mut owners = HashMap::new();
+        let empty = HashMap::new();
+        let mut claims = Claims::over(&empty);
         let mut shadowed = BTreeSet::new();
         let mut programmed = BTreeMap::new();
         for (k, p) in desired {
             let mut f = nft::fragment(&self.cfg, k, p);
-            if claim(&mut owners, k, &mut f) {
+            if claim(&mut claims, k, &mut f) {
                 shadowed.insert(k.clone());
             }
             programmed.insert(k.clone(), Programmed { port: p.clone(), frag: f });
@@ -176,8 +197,15 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
             gone.extend(lost_udp_endpoints(k, Some(&old.port), programmed.get(k).map(|p| &p.port)));
         }
         let changed = programmed.len();
+        let mut hairpin = HashMap::new();
+        for p in programmed.values() {
+            for e in &p.frag.hairpin {
+                *hairpin.entry(e.clone()).or_insert(0) += 1;
+            }
+        }
+        self.hairpin = hairpin;
         self.programmed = programmed;
-        self.owners = owners;
+        self.owners = claims.claimed;
         self.shadowed = shadowed;
         self.synced = true;
         self.flush_conntrack(gone);
@@ -189,7 +217,7 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
     /// repaired by a full resync of what we last programmed.
     pub fn check(&mut self) -> Result<CheckReport, ExecError> {
         let mut report = CheckReport::default();
-        let mut want_chains: BTreeSet<String> = nft::fixed_chains(&self.cfg).iter().map(|(n, _, _)| n.to_string()).collect();
+        let mut want_chains: BTreeSet<String> = nft::fixed_chains(&self.cfg).into_iter().map(|(n, _, _)| n).collect();
         let mut want_elems: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
         for p in self.programmed.values() {
             want_chains.extend(p.frag.chains.keys().cloned());
@@ -197,13 +225,20 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
                 want_elems.entry(map.as_str()).or_default().insert(key.as_str(), v.as_str());
             }
         }
+        for (set, elem) in self.hairpin.keys() {
+            want_elems.entry(set.as_str()).or_default().insert(elem.as_str(), "");
+        }
         let have = self.nft.chains(&self.cfg.table)?;
         report.missing_chains = want_chains.difference(&have).count();
         report.extra_chains = have.difference(&want_chains).count();
         if report.clean() {
-            for (map, ..) in nft::maps() {
-                let have = self.nft.map_elements(&self.cfg.table, &map)?;
-                let want = want_elems.get(map.as_str());
+            for m in nft::maps() {
+                let have = if m.kind == "set" {
+                    self.nft.set_elements(&self.cfg.table, &m.name)?.into_iter().map(|e| (e, String::new())).collect()
+                } else {
+                    self.nft.map_elements(&self.cfg.table, &m.name)?
+                };
+                let want = want_elems.get(m.name.as_str());
                 let want_len = want.map_or(0, |w| w.len());
                 let matching = have.iter().filter(|(k, v)| want.and_then(|w| w.get(k.as_str())) == Some(&v.as_str())).count();
                 report.wrong_elements += (have.len() - matching) + (want_len - matching);
@@ -221,17 +256,17 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
         Ok(report)
     }
 
+    /// The rule counts of the core chains and of a rotating sample of the others (the
+    /// shared balancing chains and the service ports' own chains).
     fn check_sample(&mut self) -> Result<usize, ExecError> {
-        let mut all: Vec<(String, usize)> = nft::fixed_chains(&self.cfg).into_iter().map(|(n, _, r)| (n.to_string(), r.len())).collect();
+        let mut fixed: Vec<(String, usize)> = nft::fixed_chains(&self.cfg).into_iter().map(|(n, _, r)| (n, r.len())).collect();
+        let rest = fixed.split_off(nft::CORE_CHAINS);
+        let mut all = fixed;
         let after = self.check_cursor.clone().unwrap_or_default();
-        let mut sample: Vec<(String, usize)> = self
-            .programmed
-            .values()
-            .flat_map(|p| p.frag.chains.iter())
-            .filter(|(n, _)| **n > after)
-            .take(CHECK_SAMPLE)
-            .map(|(n, r)| (n.clone(), r.len()))
-            .collect();
+        let mut others: Vec<(String, usize)> = rest;
+        others.extend(self.programmed.values().flat_map(|p| p.frag.chains.iter()).map(|(n, r)| (n.clone(), r.len())));
+        others.sort();
+        let mut sample: Vec<(String, usize)> = others.into_iter().filter(|(n, _)| *n > after).take(CHECK_SAMPLE).collect();
         self.check_cursor = if sample.len() < CHECK_SAMPLE { None } else { sample.last().map(|s| s.0.clone()) };
         all.append(&mut sample);
         let mut wrong = 0;
@@ -257,17 +292,63 @@ impl<N: Nft, C: Conntrack> Proxier<N, C> {
     }
 }
 
+/// How `changes` move the hairpin reference counts, and the elements that appear
+/// (0 → 1) or go (1 → 0).
+fn hairpin_changes(counts: &HashMap<(String, String), usize>, changes: &[(Option<&Fragment>, Option<&Fragment>)]) -> (HashMap<(String, String), isize>, SharedChanges) {
+    let mut delta: HashMap<(String, String), isize> = HashMap::new();
+    for (old, new) in changes {
+        for e in old.iter().flat_map(|f| f.hairpin.iter()) {
+            *delta.entry(e.clone()).or_insert(0) -= 1;
+        }
+        for e in new.iter().flat_map(|f| f.hairpin.iter()) {
+            *delta.entry(e.clone()).or_insert(0) += 1;
+        }
+    }
+    let mut shared = SharedChanges::default();
+    for (e, d) in &delta {
+        let was = counts.get(e).copied().unwrap_or(0);
+        let is = was.saturating_add_signed(*d);
+        if is > 0 && was == 0 {
+            shared.add.push(e.clone());
+        } else if was > 0 && is == 0 {
+            shared.delete.push(e.clone());
+        }
+    }
+    shared.add.sort();
+    shared.delete.sort();
+    (delta, shared)
+}
+
+/// One batch's view of element ownership: the owners before it, minus what the batch
+/// released, plus what it claimed.
+struct Claims<'a> {
+    base: &'a HashMap<(String, String), PortKey>,
+    released: HashSet<(String, String)>,
+    claimed: HashMap<(String, String), PortKey>,
+}
+
+impl<'a> Claims<'a> {
+    fn over(base: &'a HashMap<(String, String), PortKey>) -> Self {
+        Claims { base, released: HashSet::new(), claimed: HashMap::new() }
+    }
+
+    fn owner(&self, e: &(String, String)) -> Option<&PortKey> {
+        self.claimed.get(e).or_else(|| if self.released.contains(e) { None } else { self.base.get(e) })
+    }
+}
+
 /// Drop from `f` the elements another service port owns; record the rest as `k`'s.
 /// Whether any was dropped.
-fn claim(owners: &mut HashMap<(String, String), PortKey>, k: &PortKey, f: &mut Fragment) -> bool {
+fn claim(claims: &mut Claims<'_>, k: &PortKey, f: &mut Fragment) -> bool {
     let before = f.elements.len();
-    f.elements.retain(|e, _| match owners.get(e) {
+    f.elements.retain(|e, _| match claims.owner(e) {
         Some(other) if other != k => {
             tracing::warn!(service = %k, owner = %other, map = %e.0, key = %e.1, "address and port already taken; not programmed");
             false
         }
-        _ => {
-            owners.insert(e.clone(), k.clone());
+        Some(_) => true,
+        None => {
+            claims.claimed.insert(e.clone(), k.clone());
             true
         }
     });
@@ -339,6 +420,9 @@ mod tests {
         fn map_elements(&mut self, _: &str, map: &str) -> Result<BTreeMap<String, String>, ExecError> {
             Ok(self.elements.lock().unwrap().get(map).cloned().unwrap_or_default())
         }
+        fn set_elements(&mut self, _: &str, set: &str) -> Result<BTreeSet<String>, ExecError> {
+            Ok(self.elements.lock().unwrap().get(set).map(|m| m.keys().cloned().collect()).unwrap_or_default())
+        }
         fn rule_count(&mut self, _: &str, _: &str) -> Result<usize, ExecError> {
             Ok(0)
         }
@@ -382,7 +466,37 @@ mod tests {
         assert!(!s.full);
         assert_eq!(s.changed, 1);
         let last = nft.programs.lock().unwrap().last().unwrap().clone();
-        assert!(last.lines().all(|l| l.contains("ns/s7/")), "{last}");
+        assert_eq!(
+            last,
+            "delete element inet kapp service-ips-v4 { 10.96.1.7 . tcp . 53 }\n\
+             add element inet kapp hairpin-v4 { 10.244.0.3 . 10.244.0.3 }\n\
+             add element inet kapp service-endpoints-v4 { 10.96.1.7 . tcp . 53 . 1 : 10.244.0.3 . 5353 }\n\
+             add element inet kapp service-ips-v4 { 10.96.1.7 . tcp . 53 : goto lb-v4-2 }\n"
+        );
+    }
+
+    #[test]
+    fn hairpin_elements_live_while_any_port_has_the_endpoint() {
+        let nft = FakeNft::default();
+        let mut p = Proxier::new(RenderConfig::default(), nft.clone(), FakeConntrack::default());
+        let mut d = Desired::new();
+        d.insert(key("a", Protocol::Tcp), port("10.96.0.1", &["10.244.0.2"]));
+        d.insert(key("b", Protocol::Tcp), port("10.96.0.2", &["10.244.0.2"]));
+        p.sync(&d).unwrap();
+        let full = nft.programs.lock().unwrap()[0].clone();
+        assert!(full.contains("add element inet kapp hairpin-v4 { 10.244.0.2 . 10.244.0.2 }\n"), "once: {full}");
+        d.remove(&key("a", Protocol::Tcp));
+        p.sync(&d).unwrap();
+        let upd = nft.programs.lock().unwrap().last().unwrap().clone();
+        assert!(!upd.contains("hairpin"), "b still has the endpoint: {upd}");
+        d.remove(&key("b", Protocol::Tcp));
+        p.sync(&d).unwrap();
+        let upd = nft.programs.lock().unwrap().last().unwrap().clone();
+        assert!(upd.contains("delete element inet kapp hairpin-v4 { 10.244.0.2 . 10.244.0.2 }\n"), "{upd}");
+        d.insert(key("c", Protocol::Tcp), port("10.96.0.3", &["10.244.0.2"]));
+        p.sync(&d).unwrap();
+        let upd = nft.programs.lock().unwrap().last().unwrap().clone();
+        assert!(upd.contains("add element inet kapp hairpin-v4 { 10.244.0.2 . 10.244.0.2 }\n"), "back: {upd}");
     }
 
     #[test]
@@ -426,13 +540,15 @@ mod tests {
         d.insert(key("b", Protocol::Tcp), port("10.96.0.1", &["10.244.0.3"]));
         p.sync(&d).unwrap();
         let full = nft.programs.lock().unwrap()[0].clone();
-        assert_eq!(full.matches("10.96.0.1 . tcp . 53").count(), 1, "{full}");
-        // a goes away: the element must not be deleted out from under nobody twice.
+        assert_eq!(full.matches("10.96.0.1 . tcp . 53 :").count(), 1, "{full}");
+        assert_eq!(full.matches("10.96.0.1 . tcp . 53 . 0 :").count(), 1, "{full}");
+        // a goes away: its elements are deleted once, and b takes the VIP over.
         d.remove(&key("a", Protocol::Tcp));
         p.sync(&d).unwrap();
         let upd = nft.programs.lock().unwrap().last().unwrap().clone();
-        assert_eq!(upd.matches("delete element").count(), 1, "{upd}");
-        assert!(upd.contains("add element inet kapp service-ips-v4 { 10.96.0.1 . tcp . 53 : goto svc4-ns/b/tcp/p53 }"), "b takes the VIP over: {upd}");
+        assert_eq!(upd.matches("delete element inet kapp service-ips-v4 { 10.96.0.1 . tcp . 53 }").count(), 1, "{upd}");
+        assert_eq!(upd.matches("delete element inet kapp service-endpoints-v4 { 10.96.0.1 . tcp . 53 . 0 }").count(), 1, "{upd}");
+        assert!(upd.contains("add element inet kapp service-endpoints-v4 { 10.96.0.1 . tcp . 53 . 0 : 10.244.0.3 . 5353 }"), "b takes the VIP over: {upd}");
     }
 
     #[test]
@@ -442,11 +558,13 @@ mod tests {
         let mut d = Desired::new();
         d.insert(key("a", Protocol::Tcp), port("10.96.0.1", &["10.244.0.2"]));
         p.sync(&d).unwrap();
-        // The fake's "kernel" has only the fixed chains: the service's chains are missing.
-        *nft.chains.lock().unwrap() = nft::fixed_chains(p.config()).iter().map(|c| c.0.to_string()).collect();
+        d.insert(key("b", Protocol::Tcp), ServicePort { affinity: Some(60), ..port("10.96.0.2", &["10.244.0.2"]) });
+        p.sync(&d).unwrap();
+        // The fake's "kernel" has only the fixed chains: b's chain (affinity) is missing.
+        *nft.chains.lock().unwrap() = nft::fixed_chains(p.config()).into_iter().map(|c| c.0).collect();
         let r = p.check().unwrap();
         assert_eq!(r.missing_chains, 1, "the service chain");
         assert!(r.repaired);
-        assert_eq!(nft.programs.lock().unwrap().len(), 2);
+        assert_eq!(nft.programs.lock().unwrap().len(), 3);
     }
 }

@@ -13,7 +13,7 @@
 //! (the `helper_process` test, switched on by an environment variable) that answers every
 //! connection with its name and the peer address it saw.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -375,10 +375,17 @@ fn ten_thousand_services_and_one_change_leaves_the_rest_alone() {
     assert_eq!(s.changed, 1);
     assert!(s.program_bytes < 2_000, "only service 7's chain: {} bytes", s.program_bytes);
     assert_eq!(nft.map_elements("kapp", "service-ips-v4").unwrap().len(), n);
-    // Masquerade rule, one hairpin rule and one DNAT for the remaining endpoint; others
-    // keep two of each plus the numgen choice.
-    assert_eq!(nft.rule_count("kapp", "svc4-default/s7/tcp/http").unwrap(), 3);
-    assert_eq!(nft.rule_count("kapp", "svc4-default/s8/tcp/http").unwrap(), 5, "others untouched");
+    // Service 7 now goes to the one-endpoint chain with one endpoint element; the others
+    // keep both of theirs.
+    let vips = nft.map_elements("kapp", "service-ips-v4").unwrap();
+    assert_eq!(vips[&format!("{} . tcp . 80", vip(7))], "goto lb-v4-1");
+    assert_eq!(vips[&format!("{} . tcp . 80", vip(8))], "goto lb-v4-2", "others untouched");
+    let eps = nft.map_elements("kapp", "service-endpoints-v4").unwrap();
+    assert_eq!(eps.len(), 2 * n - 1);
+    assert!(!eps.contains_key(&format!("{} . tcp . 80 . 1", vip(7))));
+    let s8: BTreeSet<&str> = (0..2).map(|i| eps[&format!("{} . tcp . 80 . {i}", vip(8))].as_str()).collect();
+    assert_eq!(s8, [format!("{B1} . 8080"), format!("{B3} . 8080")].iter().map(|s| s.as_str()).collect());
+    assert_eq!(nft.set_elements("kapp", "hairpin-v4").unwrap().len(), 3, "one per backend");
     let vip7 = format!("{}:80", vip(7));
     let only = count_by_backend(&net.connect("c", &vip7, 10));
     assert_eq!(only.len(), 1, "{only:?}");
