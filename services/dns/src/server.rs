@@ -98,7 +98,7 @@ impl Zones {
             let mut soa_set = RecordSet::with_ttl(origin.clone(), RecordType::SOA, self.cfg.ttl);
             soa_set.insert(soa(&self.cfg, origin, serial), serial);
             records.insert(soa_key, Arc::new(soa_set));
-            let fresh = Index::new(&LowerName::new(origin), want.keys().map(|k| (&k.name, k.record_type)));
+            let fresh = Index::new(&LowerName::new(origin), want.keys().map(|k| (&k.name, k.record_type))).with_answers(records.iter());
             *index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         }
         if stats.zones_changed > 0 {
@@ -121,9 +121,11 @@ fn soa(cfg: &ZoneConfig, origin: &Name, serial: u32) -> Record {
     Record::from_rdata(origin.clone(), cfg.ttl, RData::SOA(SOA::new(mname, rname, serial, 7200, 1800, 86400, cfg.ttl)))
 }
 
-/// A running DNS server.
+/// A running DNS server: UDP through kapp's loop ([`crate::udp`]), TCP through hickory's.
 pub struct DnsServer {
-    server: Server<Catalog>,
+    server: Server<crate::udp::SharedCatalog>,
+    udp: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
     pub udp_addr: SocketAddr,
     pub tcp_addr: SocketAddr,
 }
@@ -150,14 +152,18 @@ impl DnsServer {
         let tcp_at = SocketAddr::new(listen.ip(), udp_addr.port());
         let tcp = tokio::net::TcpListener::bind(tcp_at).await.map_err(|source| DnsError::Bind { addr: tcp_at, source })?;
         let tcp_addr = tcp.local_addr().map_err(|source| DnsError::Bind { addr: tcp_at, source })?;
-        let mut server = Server::new(catalog);
-        server.register_socket(udp);
+        let catalog = Arc::new(catalog);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let udp = tokio::spawn(crate::udp::serve(udp, catalog.clone(), zones.cfg.origins(), stopped));
+        let mut server = Server::new(crate::udp::SharedCatalog(catalog));
         server.register_listener(tcp, Duration::from_secs(10), 64 << 10);
-        Ok((DnsServer { server, udp_addr, tcp_addr }, zones))
+        Ok((DnsServer { server, udp, stop, udp_addr, tcp_addr }, zones))
     }
 
     /// Stop serving and wait for the server's tasks to end.
     pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let _ = self.udp.await;
         if let Err(e) = self.server.shutdown_gracefully().await {
             tracing::warn!(error = %e, "dns server shutdown");
         }

@@ -215,3 +215,26 @@ async fn an_update_is_answered_at_once_and_bumps_the_serial() {
     assert_eq!(zones.serial(), serial + 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_query_gets_formerr_and_the_server_keeps_answering() {
+    let (server, mut zones) = DnsServer::start(zone_config(), "127.0.0.1:0".parse().unwrap(), &Upstreams::default()).await.unwrap();
+    let (s, e, p) = objects();
+    zones.apply(&records(zones.config(), &s, &e, &p)).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // A header announcing one question, then a label running past the datagram's end.
+    let mut bad = vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+    bad.extend_from_slice(&[40, b'w', b'e', b'b']);
+    sock.send_to(&bad, server.udp_addr).await.unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await.expect("an answer").unwrap();
+    assert_eq!(n, 12, "a bare header");
+    assert_eq!(&buf[..2], &[0x12, 0x34], "the query's id");
+    assert_eq!(buf[2] & 0x80, 0x80, "a response");
+    assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
+    // Shorter than a header: ignored, and the next query is answered as usual.
+    sock.send_to(&[1, 2, 3], server.udp_addr).await.unwrap();
+    let r = resolver(server.udp_addr);
+    assert_eq!(answers(&r, "web.default.svc.cluster.local.", RecordType::A).await, ["10.96.0.10"]);
+    server.shutdown().await;
+}
