@@ -99,6 +99,16 @@ pub struct ServicePort {
     pub endpoints: Vec<Endpoint>,
     /// ClientIP session affinity and its timeout in seconds.
     pub affinity: Option<u32>,
+    /// `spec.externalIPs` and LoadBalancer ingress IPs of this family: served like the
+    /// ClusterIP (same port, same endpoints), sorted, unique.
+    pub external_ips: Vec<IpAddr>,
+}
+
+impl ServicePort {
+    /// The ClusterIP, then the external addresses.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.cluster_ip).chain(self.external_ips.iter().copied())
+    }
 }
 
 /// Everything the proxy should program.
@@ -145,6 +155,8 @@ pub fn service_ports(ns: &str, name: &str, svc: &Service, slices: &[&EndpointSli
             .filter(|t| *t > 0)
             .map_or(DEFAULT_AFFINITY_SECONDS, |t| t as u32)
     });
+    let lb_ips = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref()).into_iter().flatten().filter_map(|i| i.ip.clone());
+    let externals: BTreeSet<IpAddr> = spec.external_ips.iter().flatten().cloned().chain(lb_ips).filter_map(|s| s.parse().ok()).collect();
     let mut out = vec![];
     let mut seen_family = BTreeSet::new();
     for ip in ips {
@@ -164,7 +176,8 @@ pub fn service_ports(ns: &str, name: &str, svc: &Service, slices: &[&EndpointSli
             };
             let node_port = if node_ports { p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) } else { None };
             let endpoints = endpoints(slices, family, &port_name, protocol, p.target_port.as_ref(), port);
-            out.push((key, ServicePort { cluster_ip: ip, port, node_port, endpoints, affinity }));
+            let external_ips = externals.iter().copied().filter(|e| Family::of(e) == family && *e != ip).collect();
+            out.push((key, ServicePort { cluster_ip: ip, port, node_port, endpoints, affinity, external_ips }));
         }
     }
     out
@@ -285,6 +298,21 @@ mod tests {
         let headless = svc(json!({"metadata": {"name": "h", "namespace": "n"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
         let ext = svc(json!({"metadata": {"name": "e", "namespace": "n"}, "spec": {"type": "ExternalName", "externalName": "example.com"}}));
         assert!(desired([&headless, &ext], []).is_empty());
+    }
+
+    #[test]
+    fn external_and_load_balancer_ips_by_family() {
+        let s = svc(json!({"metadata": {"name": "lb", "namespace": "n"}, "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.96.0.13", "clusterIPs": ["10.96.0.13", "fd00::d"],
+            "externalIPs": ["203.0.113.10", "2001:db8::10", "203.0.113.10", "not-an-ip"],
+            "ports": [{"port": 80, "nodePort": 30081}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}, {"hostname": "lb.example"}]}}}));
+        let d = desired([&s], []);
+        let v4 = d.iter().find(|(k, _)| k.family == Family::V4).unwrap().1;
+        assert_eq!(v4.external_ips, ["198.51.100.7".parse::<IpAddr>().unwrap(), "203.0.113.10".parse().unwrap()]);
+        assert_eq!(v4.addresses().count(), 3);
+        let v6 = d.iter().find(|(k, _)| k.family == Family::V6).unwrap().1;
+        assert_eq!(v6.external_ips, ["2001:db8::10".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

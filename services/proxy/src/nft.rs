@@ -183,9 +183,12 @@ pub fn fragment(cfg: &RenderConfig, k: &PortKey, p: &ServicePort) -> Fragment {
     let (_, ipf) = fam(k.family);
     let proto = k.protocol.nft();
     let mut f = Fragment::default();
-    let vip_key = format!("{} . {proto} . {}", p.cluster_ip, p.port);
+    // The ClusterIP and every external address: one VIP key each, the same endpoints.
+    let vip_keys: Vec<String> = p.addresses().map(|a| format!("{a} . {proto} . {}", p.port)).collect();
     if p.endpoints.is_empty() {
-        f.elements.insert((map_no_endpoints(k.family), vip_key), "goto reject-chain".into());
+        for vip_key in vip_keys {
+            f.elements.insert((map_no_endpoints(k.family), vip_key), "goto reject-chain".into());
+        }
         if let Some(np) = p.node_port {
             f.elements.insert((map_no_endpoint_nodeports(k.family), format!("{proto} . {np}")), "goto reject-chain".into());
         }
@@ -195,10 +198,12 @@ pub fn fragment(cfg: &RenderConfig, k: &PortKey, p: &ServicePort) -> Fragment {
     let n = p.endpoints.len();
     if p.affinity.is_none() && n <= MAX_SHARED_ENDPOINTS {
         // Elements only: the shared chains for n endpoints pick index 0..n.
-        for (i, e) in p.endpoints.iter().enumerate() {
-            f.elements.insert((map_endpoints(k.family), format!("{vip_key} . {i}")), format!("{} . {}", e.ip, e.port));
+        for vip_key in vip_keys {
+            for (i, e) in p.endpoints.iter().enumerate() {
+                f.elements.insert((map_endpoints(k.family), format!("{vip_key} . {i}")), format!("{} . {}", e.ip, e.port));
+            }
+            f.elements.insert((map_services(k.family), vip_key), format!("goto {}", lb_chain(k.family, n)));
         }
-        f.elements.insert((map_services(k.family), vip_key), format!("goto {}", lb_chain(k.family, n)));
         if let Some(np) = p.node_port {
             for (i, e) in p.endpoints.iter().enumerate() {
                 f.elements.insert((map_nodeport_endpoints(k.family), format!("{proto} . {np} . {i}")), format!("{} . {}", e.ip, e.port));
@@ -236,7 +241,9 @@ pub fn fragment(cfg: &RenderConfig, k: &PortKey, p: &ServicePort) -> Fragment {
         }
     }
     f.chains.insert(svc.clone(), rules);
-    f.elements.insert((map_services(k.family), vip_key), format!("goto {svc}"));
+    for vip_key in vip_keys {
+        f.elements.insert((map_services(k.family), vip_key), format!("goto {svc}"));
+    }
     if let Some(np) = p.node_port {
         let ext = ext_chain(k);
         f.chains.insert(ext.clone(), vec!["jump mark-for-masquerade".into(), format!("goto {svc}")]);
@@ -441,6 +448,7 @@ mod tests {
             node_port,
             endpoints: eps.iter().map(|e| Endpoint { ip: e.parse().unwrap(), port: 8080 }).collect(),
             affinity,
+            external_ips: vec![],
         }
     }
     fn cfg() -> RenderConfig {
@@ -494,6 +502,20 @@ mod tests {
         let f = fragment(&cfg(), &key("big"), &port(&many, None, None));
         assert_eq!(f.chains["svc4-default/big/tcp/http"].len(), 1 + many.len());
         assert_eq!(f.elements.len(), 1);
+    }
+
+    #[test]
+    fn external_ips_are_served_like_the_cluster_ip() {
+        let p = ServicePort { external_ips: vec!["203.0.113.10".parse().unwrap()], ..port(&["10.244.1.5"], None, None) };
+        let f = fragment(&cfg(), &key("web"), &p);
+        let e = |map: &str, k: &str| f.elements.get(&(map.to_string(), k.to_string())).cloned();
+        assert_eq!(e("service-ips-v4", "203.0.113.10 . tcp . 80").as_deref(), Some("goto lb-v4-1"));
+        assert_eq!(e("service-endpoints-v4", "203.0.113.10 . tcp . 80 . 0").as_deref(), Some("10.244.1.5 . 8080"));
+        assert_eq!(f.elements.len(), 4, "two addresses, each a VIP and an endpoint element");
+        let with_chain = fragment(&cfg(), &key("web"), &ServicePort { affinity: Some(60), ..p.clone() });
+        assert_eq!(with_chain.elements[&("service-ips-v4".into(), "203.0.113.10 . tcp . 80".into())], "goto svc4-default/web/tcp/http");
+        let none = fragment(&cfg(), &key("web"), &ServicePort { endpoints: vec![], ..p });
+        assert_eq!(none.elements[&("no-endpoint-services-v4".into(), "203.0.113.10 . tcp . 80".into())], "goto reject-chain");
     }
 
     #[test]
@@ -561,7 +583,7 @@ mod tests {
     #[test]
     fn ipv6_endpoints() {
         let k = PortKey { family: Family::V6, ..key("v6") };
-        let p = ServicePort { cluster_ip: "fd00::a".parse().unwrap(), port: 80, node_port: None, endpoints: vec![Endpoint { ip: "fd00::5".parse().unwrap(), port: 8080 }], affinity: None };
+        let p = ServicePort { cluster_ip: "fd00::a".parse().unwrap(), port: 80, node_port: None, endpoints: vec![Endpoint { ip: "fd00::5".parse().unwrap(), port: 8080 }], affinity: None, external_ips: vec![] };
         let f = fragment(&cfg(), &k, &p);
         assert_eq!(f.elements[&("service-endpoints-v6".into(), "fd00::a . tcp . 80 . 0".into())], "fd00::5 . 8080");
         assert_eq!(f.elements[&("service-ips-v6".into(), "fd00::a . tcp . 80".into())], "goto lb-v6-1");

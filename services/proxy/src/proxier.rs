@@ -372,10 +372,14 @@ fn lost_udp_endpoints(k: &PortKey, old: Option<&ServicePort>, new: Option<&Servi
     let mut out = vec![];
     if let Some(old) = old {
         for e in &old.endpoints {
-            let still = new.is_some_and(|n| n.cluster_ip == old.cluster_ip && n.port == old.port && n.endpoints.iter().any(|x| x.ip == e.ip));
-            if !still {
-                out.push(LostEndpoint::Vip { key: k.clone(), port: (old.cluster_ip, old.port, e.ip) });
-                if let Some(np) = old.node_port {
+            let kept = new.filter(|n| n.port == old.port && n.endpoints.iter().any(|x| x.ip == e.ip));
+            for addr in old.addresses() {
+                if !kept.is_some_and(|n| n.addresses().any(|a| a == addr)) {
+                    out.push(LostEndpoint::Vip { key: k.clone(), port: (addr, old.port, e.ip) });
+                }
+            }
+            if let Some(np) = old.node_port {
+                if !kept.is_some_and(|n| n.node_port == Some(np)) {
                     out.push(LostEndpoint::NodePort { key: k.clone(), port: np, endpoint: e.ip });
                 }
             }
@@ -383,7 +387,9 @@ fn lost_udp_endpoints(k: &PortKey, old: Option<&ServicePort>, new: Option<&Servi
     }
     if let Some(new) = new {
         if !new.endpoints.is_empty() && old.is_none_or(|o| o.endpoints.is_empty()) {
-            out.push(LostEndpoint::FirstEndpoint { vip: new.cluster_ip, port: new.port });
+            for addr in new.addresses() {
+                out.push(LostEndpoint::FirstEndpoint { vip: addr, port: new.port });
+            }
         }
     }
     out
@@ -445,7 +451,7 @@ mod tests {
         PortKey { namespace: "ns".into(), name: name.into(), port: "p53".into(), protocol, family: Family::V4 }
     }
     fn port(vip: &str, eps: &[&str]) -> ServicePort {
-        ServicePort { cluster_ip: vip.parse().unwrap(), port: 53, node_port: None, endpoints: eps.iter().map(|e| Endpoint { ip: e.parse().unwrap(), port: 5353 }).collect(), affinity: None }
+        ServicePort { cluster_ip: vip.parse().unwrap(), port: 53, node_port: None, endpoints: eps.iter().map(|e| Endpoint { ip: e.parse().unwrap(), port: 5353 }).collect(), affinity: None, external_ips: vec![] }
     }
 
     #[test]

@@ -288,6 +288,25 @@ fn node_port_from_another_namespace_is_masqueraded() {
 }
 
 #[test]
+fn external_ip_from_outside_is_served_and_masqueraded() {
+    let Some(mut net) = Net::new("h") else { return };
+    net.serve(&["b1", "b2"]);
+    let mut p = net.proxier();
+    let svc = service("web", "10.96.0.17", json!({"externalIPs": ["203.0.113.10"]}));
+    p.sync(&desired([&svc], [&slice("web", &[(B1, true), (B2, true)])])).unwrap();
+    // x routes everything through the node, which DNATs before routing.
+    let lines = net.connect("x", "203.0.113.10:80", 20);
+    let seen = count_by_backend(&lines);
+    assert_eq!(seen.values().sum::<usize>(), 20, "{lines:?}");
+    assert!(seen.contains_key("b1") && seen.contains_key("b2"), "{seen:?}");
+    assert!(lines.iter().all(|l| l.ends_with("10.244.0.1")), "masqueraded: {lines:?}");
+    // The address leaves the Service: no longer served.
+    let svc = service("web", "10.96.0.17", json!({}));
+    p.sync(&desired([&svc], [&slice("web", &[(B1, true), (B2, true)])])).unwrap();
+    assert!(net.connect("x", "203.0.113.10:80", 1)[0].starts_with("ERROR"));
+}
+
+#[test]
 fn session_affinity_keeps_a_client_on_one_backend() {
     let Some(mut net) = Net::new("c") else { return };
     net.serve(&["b1", "b2", "b3"]);
