@@ -379,7 +379,7 @@ fn lost_udp_endpoints(k: &PortKey, old: Option<&ServicePort>, new: Option<&Servi
                 }
             }
             if let Some(np) = old.node_port {
-                if !kept.is_some_and(|n| n.node_port == Some(np)) {
+                if kept.is_none_or(|n| n.node_port != Some(np)) {
                     out.push(LostEndpoint::NodePort { key: k.clone(), port: np, endpoint: e.ip });
                 }
             }
