@@ -132,6 +132,16 @@ fn says_nothing(v: &Value) -> bool {
 /// written elsewhere. Runs for every managed object at every poll, so it compares in
 /// place rather than copying objects.
 pub fn in_sync(res: &Resource, live: &Value, want: &Value) -> bool {
+    // A Secret's stringData is stored folded into data: compare what would be stored.
+    let folded;
+    let want = if res.kind == "Secret" && want.get("stringData").is_some() {
+        let mut w = want.clone();
+        kapp_api::defaults::apply(res, &mut w);
+        folded = w;
+        &folded
+    } else {
+        want
+    };
     let (Some(l), Some(w)) = (live.as_object(), want.as_object()) else { return false };
     let skip_status = res.has(kapp_api::Subresource::Status);
     let body = w.iter().filter(|(k, _)| *k != "metadata" && !(skip_status && *k == "status")).all(|(k, wv)| l.get(k).map_or_else(|| says_nothing(wv), |lv| contains(lv, wv)));
@@ -300,6 +310,19 @@ mod tests {
         assert_eq!(p.items[1]["resourceVersion"], "8");
         assert_eq!(p.items[2]["delete"]["name"], "gone");
         assert_eq!(p.items[2]["resourceVersion"], "9");
+    }
+
+    #[test]
+    fn a_secrets_string_data_is_in_sync_with_the_data_it_is_stored_as() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"password": "hunter2"}});
+        let d = prepare(vec![doc("s.yaml", 0, secret)], "cluster").unwrap();
+        let mut live = live_of(&d[0], "7", "c");
+        live.as_object_mut().unwrap().remove("stringData");
+        live["data"] = json!({"password": "aHVudGVyMg=="});
+        live["type"] = json!("Opaque");
+        assert!(in_sync(d[0].res, &live, &d[0].object));
+        live["data"]["password"] = json!("b3RoZXI=");
+        assert!(!in_sync(d[0].res, &live, &d[0].object), "another password is drift");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         ("", "Secret") => {
             if let Some(o) = obj.as_object_mut() {
                 set(o, "type", json!("Opaque"));
+                fold_string_data(o);
             }
         }
         ("", "PersistentVolumeClaim") => {
@@ -109,6 +110,27 @@ fn map_at<'a>(obj: &'a mut Value, path: &[&str]) -> Option<&'a mut Map<String, V
 /// Whether a field counts as unset: absent, null or an empty string.
 fn unset(m: &Map<String, Value>, key: &str) -> bool {
     m.get(key).is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+}
+
+/// `stringData` is write-only, as in Kubernetes: its entries replace those of `data`,
+/// base64-encoded, and it is not stored. Left as it is when a value is not a string, for
+/// validation to name.
+fn fold_string_data(o: &mut Map<String, Value>) {
+    use base64::Engine;
+    let all_strings = match o.get("stringData") {
+        Some(Value::Object(m)) => m.values().all(Value::is_string),
+        Some(Value::Null) => true,
+        _ => false,
+    };
+    if !all_strings {
+        return;
+    }
+    let Some(Value::Object(sd)) = o.remove("stringData") else { return };
+    let data = entry_map(o, "data");
+    for (k, v) in sd {
+        let plain = v.as_str().unwrap_or_default();
+        data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(plain)));
+    }
 }
 
 fn set(m: &mut Map<String, Value>, key: &str, value: Value) {
@@ -300,6 +322,11 @@ mod tests {
         let np = defaulted("v1", "Service", json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}}));
         assert_eq!(np["spec"]["externalTrafficPolicy"], "Cluster");
         assert_eq!(defaulted("v1", "Secret", json!({"data": {}}))["type"], "Opaque");
+        let s = defaulted("v1", "Secret", json!({"data": {"a": "eA==", "b": "eQ=="}, "stringData": {"b": "hunter2", "c": ""}}));
+        assert_eq!(s["data"], json!({"a": "eA==", "b": "aHVudGVyMg==", "c": ""}), "stringData folded into data, winning");
+        assert!(s.get("stringData").is_none());
+        let odd = defaulted("v1", "Secret", json!({"stringData": {"n": 1}}));
+        assert_eq!(odd["stringData"]["n"], 1, "left for validation to refuse");
         let cm = json!({"data": {"a": "b"}});
         assert_eq!(defaulted("v1", "ConfigMap", cm.clone()), cm);
     }
