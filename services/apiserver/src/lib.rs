@@ -12,6 +12,7 @@
 mod alloc;
 mod apply;
 mod authz;
+mod cache;
 mod codec;
 mod heads;
 mod metrics;
@@ -28,12 +29,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use kapp_api::{keys, Resource, RESOURCES};
-use kapp_store_client::{Compare, EventKind, KeyRange, KeyValue, Op, RangeRequest, Refusal, StoreClient, StoreError, Txn, WatchItem};
+use kapp_store_client::{Compare, KeyRange, KeyValue, Op, RangeRequest, Refusal, StoreClient, StoreError, Txn, WatchItem};
 use kapp_tls::{Body, ClientAuth, Identity, Pem};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+pub use cache::WatchCacheConfig;
 pub use authz::{Access, CONTROLLERS, GITOPS, NODES, SCHEDULER, VIEWERS};
 use kapp_api::selector::Selector;
 use util::{parse_query, status};
@@ -58,6 +60,8 @@ pub struct ApiServerConfig {
     pub audit_log: Option<std::path::PathBuf>,
     /// How often a quiet watch that allows bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// Bounds of the watch cache (one store watch per resource, fanned out).
+    pub watch_cache: WatchCacheConfig,
 }
 
 /// Why the apiserver could not start.
@@ -83,7 +87,8 @@ pub struct ApiServer {
 struct Ctx {
     bookmark_interval: Duration,
     store: StoreClient,
-    codec: codec::Codec,
+    codec: Arc<codec::Codec>,
+    cache: cache::WatchCache,
     audit: Option<mpsc::Sender<Vec<u8>>>,
     kubelets: podlog::Kubelets,
 }
@@ -110,20 +115,23 @@ impl ApiServer {
     pub async fn start(cfg: ApiServerConfig, listener: TcpListener) -> Result<ApiServer, StartError> {
         let tls = kapp_tls::server_config(&cfg.tls, ClientAuth::Optional)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
-        let codec = codec::Codec::new(cfg.secret_key.as_deref())?;
+        let codec = Arc::new(codec::Codec::new(cfg.secret_key.as_deref())?);
         let audit = match &cfg.audit_log {
             None => None,
             Some(p) => Some(start_audit(p).map_err(|e| StartError::Audit(p.clone(), e))?),
         };
         let kubelets = podlog::Kubelets::new(cfg.tls, podlog::MAX_LOG_STREAMS);
-        let ctx = Arc::new(Ctx { bookmark_interval: cfg.bookmark_interval, store: cfg.store, codec, audit, kubelets });
+        let cache = cache::WatchCache::new(cfg.store.clone(), codec.clone(), cfg.watch_cache, cfg.bookmark_interval);
+        let ctx = Arc::new(Ctx { bookmark_interval: cfg.bookmark_interval, store: cfg.store, codec, cache, audit, kubelets });
+        let closing = ctx.clone();
         let (stop, rx) = oneshot::channel::<()>();
         let handler = move |req, who| {
             let ctx = ctx.clone();
             async move { handle(ctx, req, who).await }
         };
-        let task = tokio::spawn(kapp_tls::serve(listener, tls, cfg.max_connections, handler, async {
+        let task = tokio::spawn(kapp_tls::serve(listener, tls, cfg.max_connections, handler, async move {
             let _ = rx.await;
+            closing.cache.close();
         }));
         Ok(ApiServer { addr, stop: Some(stop), task })
     }
@@ -458,7 +466,16 @@ async fn read_json(req: Payload, limit: usize) -> Result<Value, Response<Body>> 
 
 /// An object as stored, with `resourceVersion` from the store; Secret data hidden from viewers.
 fn decode_stored(ctx: &Ctx, kv: &KeyValue, rv: i64, access: Access) -> Option<Value> {
-    let mut obj = match ctx.codec.decode(&kv.value) {
+    let mut obj = decode(&ctx.codec, kv, rv)?;
+    if access == Access::View {
+        redact(&mut obj);
+    }
+    Some(obj)
+}
+
+/// A stored object as served, with its resourceVersion (`None`: unreadable, logged).
+fn decode(codec: &codec::Codec, kv: &KeyValue, rv: i64) -> Option<Value> {
+    let mut obj = match codec.decode(&kv.value) {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(key = %String::from_utf8_lossy(&kv.key), error = %e, "unreadable stored object");
@@ -466,13 +483,19 @@ fn decode_stored(ctx: &Ctx, kv: &KeyValue, rv: i64, access: Access) -> Option<Va
         }
     };
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    if access == Access::View && obj["kind"] == "Secret" {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("data");
-            m.remove("stringData");
-        }
-    }
     Some(obj)
+}
+
+/// What a viewer may see of an object: a Secret without its data.
+fn redact(obj: &mut Value) -> bool {
+    if obj["kind"] != "Secret" {
+        return false;
+    }
+    if let Some(m) = obj.as_object_mut() {
+        m.remove("data");
+        m.remove("stringData");
+    }
+    true
 }
 
 fn object_key(t: &Target, name: &str) -> String {
@@ -1016,7 +1039,6 @@ async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<Strin
         Ok(s) => s,
         Err(r) => return r,
     };
-    let prefix = keys::list_prefix(t.res, t.namespace.as_deref());
     let rv: i64 = match query.get("resourceVersion").filter(|v| !v.is_empty()) {
         None => 0,
         Some(v) => match v.parse() {
@@ -1024,68 +1046,43 @@ async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<Strin
             Err(_) => return fail(400, "BadRequest", &format!("resourceVersion {v:?} is not a resource version")),
         },
     };
-    let bookmarks = is_true(query.get("allowWatchBookmarks"));
     let timeout = query.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let line = |ty: &str, obj: Value| -> Bytes {
-        let mut b = serde_json::to_vec(&json!({"type": ty, "object": obj})).expect("json serialises");
-        b.push(b'\n');
-        Bytes::from(b)
+    let w = Watcher {
+        prefix: keys::list_prefix(t.res, t.namespace.as_deref()),
+        res: t.res,
+        labels,
+        fields,
+        access,
+        bookmarks: is_true(query.get("allowWatchBookmarks")),
+        tx,
+        ctx,
     };
     tokio::spawn(async move {
         let work = async {
             // No resourceVersion (or "0"): start with the current objects as ADDED events.
-            let mut start = rv + 1;
+            let mut cursor = rv;
             if rv == 0 {
-                let resp = match ctx.store.range(RangeRequest { range: KeyRange::prefix(prefix.clone()), ..Default::default() }).await {
+                let resp = match w.ctx.store.range(RangeRequest { range: KeyRange::prefix(w.prefix.clone()), ..Default::default() }).await {
                     Ok(r) => r,
                     Err(_) => return,
                 };
                 for kv in &resp.kvs {
-                    if let Some(obj) = decode_stored(&ctx, kv, kv.mod_revision, access) {
-                        if labels.matches_labels(&obj) && fields.matches_fields(&obj) && tx.send(line("ADDED", obj)).await.is_err() {
+                    if let Some(obj) = decode_stored(&w.ctx, kv, kv.mod_revision, access) {
+                        if w.admits(&obj) && w.tx.send(cache::line("ADDED", &obj)).await.is_err() {
                             return;
                         }
                     }
                 }
-                start = resp.revision + 1;
+                cursor = resp.revision;
             }
-            let mut w = ctx.store.watch(KeyRange::prefix(prefix), start, bookmarks.then_some(ctx.bookmark_interval));
-            loop {
-                match w.next().await {
-                    Ok(WatchItem::Events(evs)) => {
-                        for ev in evs {
-                            let (ty, obj) = match ev.kind {
-                                EventKind::Put => (if ev.kv.version == 1 { "ADDED" } else { "MODIFIED" }, decode_stored(&ctx, &ev.kv, ev.kv.mod_revision, access)),
-                                EventKind::Delete => ("DELETED", ev.prev_kv.as_ref().and_then(|p| decode_stored(&ctx, p, ev.kv.mod_revision, access))),
-                            };
-                            let Some(obj) = obj else { continue };
-                            if !(labels.matches_labels(&obj) && fields.matches_fields(&obj)) {
-                                continue;
-                            }
-                            if tx.send(line(ty, obj)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Ok(WatchItem::Progress(rev)) => {
-                        if bookmarks {
-                            let mark = json!({"kind": t.res.kind, "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rev.to_string()}});
-                            if tx.send(line("BOOKMARK", mark)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(StoreError::Refused(Refusal::Compacted { compacted, .. })) => {
-                        let _ = tx.send(line("ERROR", status(410, "Expired", &format!("too old resource version: {rv} ({compacted})"), None))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(line("ERROR", status(500, "InternalError", &e.to_string(), None))).await;
-                        return;
-                    }
+            if let Some(feed) = w.ctx.cache.feed(&keys::list_prefix(w.res, None), cursor).await {
+                match w.from_feed(&feed, cursor).await {
+                    Some(c) => cursor = c,
+                    None => return,
                 }
             }
+            w.from_store(cursor).await;
         };
         match timeout {
             Some(d) => {
@@ -1099,4 +1096,101 @@ async fn watch(ctx: Arc<Ctx>, t: Target, query: &std::collections::HashMap<Strin
         .header("content-type", "application/json")
         .body(kapp_tls::stream_body(rx))
         .expect("valid response")
+}
+
+/// One watch: which keys and objects it wants, what its client may see, where lines go.
+struct Watcher {
+    ctx: Arc<Ctx>,
+    res: &'static Resource,
+    prefix: String,
+    labels: Selector,
+    fields: Selector,
+    access: Access,
+    bookmarks: bool,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Watcher {
+    fn admits(&self, obj: &Value) -> bool {
+        self.labels.matches_labels(obj) && self.fields.matches_fields(obj)
+    }
+
+    fn bookmark(&self, rev: i64) -> Bytes {
+        cache::line("BOOKMARK", &json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": {"resourceVersion": rev.to_string()}}))
+    }
+
+    /// Follow the shared feed from `cursor`. `Some(cursor)` when the rest must come from the
+    /// store (the feed does not reach back that far, or it ended); `None` when the client left.
+    async fn from_feed(&self, feed: &cache::Feed, mut cursor: i64) -> Option<i64> {
+        let mut changed = feed.subscribe();
+        let mut quiet = tokio::time::interval_at(tokio::time::Instant::now() + self.ctx.bookmark_interval, self.ctx.bookmark_interval);
+        loop {
+            changed.borrow_and_update();
+            let (events, at) = match feed.read_after(cursor) {
+                cache::Read::Behind => return Some(cursor),
+                cache::Read::Events(e, at) => (e, at),
+            };
+            let mut sent = false;
+            for e in events {
+                if !e.key.starts_with(self.prefix.as_bytes()) || !self.admits(&e.obj) {
+                    continue;
+                }
+                let line = if self.access == Access::View && e.obj["kind"] == "Secret" {
+                    let mut obj = e.obj.clone();
+                    redact(&mut obj);
+                    cache::line(e.ty, &obj)
+                } else {
+                    e.line.clone()
+                };
+                self.tx.send(line).await.ok()?;
+                sent = true;
+            }
+            cursor = at;
+            if sent {
+                quiet.reset();
+            }
+            tokio::select! {
+                r = changed.changed() => {
+                    if r.is_err() {
+                        return Some(cursor);
+                    }
+                }
+                _ = quiet.tick(), if self.bookmarks => self.tx.send(self.bookmark(cursor)).await.ok()?,
+                _ = self.tx.closed() => return None,
+            }
+        }
+    }
+
+    /// Follow a store watch of our own from after `cursor` until the client leaves or the
+    /// store refuses (410 once compacted).
+    async fn from_store(&self, cursor: i64) {
+        let ctx = &self.ctx;
+        let mut w = ctx.store.watch(KeyRange::prefix(self.prefix.clone()), cursor + 1, self.bookmarks.then_some(ctx.bookmark_interval));
+        loop {
+            // (line, whether the watch ends with it)
+            let (line, last) = match w.next().await {
+                Ok(WatchItem::Events(evs)) => {
+                    for ev in evs {
+                        let Some((ty, mut obj)) = cache::event(&ctx.codec, &ev) else { continue };
+                        if self.access == Access::View {
+                            redact(&mut obj);
+                        }
+                        if self.admits(&obj) && self.tx.send(cache::line(ty, &obj)).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Ok(WatchItem::Progress(rev)) if self.bookmarks => (self.bookmark(rev), false),
+                Ok(WatchItem::Progress(_)) => continue,
+                Err(StoreError::Refused(Refusal::Compacted { compacted, .. })) => {
+                    (cache::line("ERROR", &status(410, "Expired", &format!("too old resource version: {cursor} ({compacted})"), None)), true)
+                }
+                Err(e) => (cache::line("ERROR", &status(500, "InternalError", &e.to_string(), None)), true),
+            };
+            if self.tx.send(line).await.is_err() || last {
+                return;
+            }
+        }
+    }
 }

@@ -50,7 +50,7 @@ async fn kubectl_reads_and_writes_through_the_apiserver() {
     let store = TestCluster::start(1, dir.path()).await;
     let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 64, secret_key: Some(vec![9u8; 32]), audit_log: None, bookmark_interval: Duration::from_secs(5) }, listener).await.unwrap();
+    let api = ApiServer::start(ApiServerConfig { tls: serving, store: store.client(), max_connections: 64, secret_key: Some(vec![9u8; 32]), audit_log: None, bookmark_interval: Duration::from_secs(5), watch_cache: Default::default() }, listener).await.unwrap();
     let server = api.addr.to_string();
     let writer = kubeconfig(dir.path(), "gitops", &server, &store.pki.ca.issue("gitops", &[GITOPS], &[]).unwrap());
     let viewer = kubeconfig(dir.path(), "viewer", &server, &store.pki.ca.issue("alice", &[VIEWERS], &[]).unwrap());

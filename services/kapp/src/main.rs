@@ -678,7 +678,7 @@ async fn run_apiserver(a: ApiserverArgs) -> Result<()> {
             }
         }
     };
-    let api = kapp_apiserver::ApiServer::start(kapp_apiserver::ApiServerConfig { tls, store, max_connections: 1024, secret_key, audit_log: a.audit_log.clone(), bookmark_interval: Duration::from_secs(60) }, listener).await?;
+    let api = kapp_apiserver::ApiServer::start(kapp_apiserver::ApiServerConfig { tls, store, max_connections: 1024, secret_key, audit_log: a.audit_log.clone(), bookmark_interval: Duration::from_secs(60), watch_cache: Default::default() }, listener).await?;
     println!("kapp apiserver listening on {}", api.addr);
     shutdown_signal().await;
     api.shutdown().await;

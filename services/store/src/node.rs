@@ -190,6 +190,11 @@ impl StoreHandle {
         server::status(&self.ctx)
     }
 
+    /// Watch streams this member is serving.
+    pub fn watchers(&self) -> usize {
+        self.ctx.hub.watchers()
+    }
+
     /// Fault injection (tests): drop raft traffic with some peers.
     pub fn faults(&self) -> &Faults {
         &self.faults

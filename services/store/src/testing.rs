@@ -101,6 +101,11 @@ impl TestCluster {
         StoreClient::new(cfg).expect("client")
     }
 
+    /// Watch streams served by all running members together.
+    pub fn watchers(&self) -> usize {
+        self.handles.values().map(|h| h.watchers()).sum()
+    }
+
     /// Wait until the running members agree on a leader; returns its id.
     pub async fn wait_leader(&self, within: Duration) -> NodeId {
         let deadline = Instant::now() + within;

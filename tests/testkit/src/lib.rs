@@ -90,6 +90,6 @@ async fn start_api(store: &TestCluster, listener: tokio::net::TcpListener) -> Ap
 
 async fn serve(store: &TestCluster, client: kapp_store_client::StoreClient, listener: tokio::net::TcpListener) -> ApiServer {
     let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).expect("issue the serving certificate");
-    let cfg = ApiServerConfig { tls: serving, store: client, max_connections: 2048, secret_key: Some(vec![7; 32]), audit_log: None, bookmark_interval: Duration::from_millis(500) };
+    let cfg = ApiServerConfig { tls: serving, store: client, max_connections: 2048, secret_key: Some(vec![7; 32]), audit_log: None, bookmark_interval: Duration::from_millis(500), watch_cache: Default::default() };
     ApiServer::start(cfg, listener).await.expect("start the apiserver")
 }

@@ -20,10 +20,11 @@ pub async fn call(c: &H2Client, method: &str, path: &str, body: Option<Value>, c
 }
 
 /// An apiserver on loopback over `store`, and a client of it with one of the given groups.
+#[allow(dead_code)]
 pub async fn start(store: &TestCluster, group: &str, audit_log: Option<std::path::PathBuf>, secret_key: Option<Vec<u8>>) -> (ApiServer, H2Client) {
     let serving = store.pki.ca.issue("apiserver", &[], &["127.0.0.1"]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cfg = ApiServerConfig { tls: serving, store: store.client(), max_connections: 64, secret_key, audit_log, bookmark_interval: std::time::Duration::from_millis(300) };
+    let cfg = ApiServerConfig { tls: serving, store: store.client(), max_connections: 64, secret_key, audit_log, bookmark_interval: std::time::Duration::from_millis(300), watch_cache: Default::default() };
     let api = ApiServer::start(cfg, listener).await.unwrap();
     let tls = kapp_tls::client_config(&store.pki.ca.issue(group, &[group], &[]).unwrap()).unwrap();
     let client = H2Client::new(api.addr.to_string(), tls);
