@@ -33,6 +33,9 @@ fn rss_kib() -> u64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let replicas: i32 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let node_count: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
@@ -60,6 +63,7 @@ async fn main() {
     Api::<Deployment>::namespaced(admin.clone(), "default").create(&PostParams::default(), &d).await.unwrap();
     let mut first_running = None;
     let mut half = None;
+    let mut last_report = Instant::now();
     let all = loop {
         let list = pods.list(&ListParams::default().labels("app=bench")).await.unwrap().items;
         let running = list.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
@@ -71,6 +75,11 @@ async fn main() {
         }
         if running >= replicas as usize {
             break start.elapsed();
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            let bound = list.iter().filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some())).count();
+            eprintln!("{:>5.1} s: {} pods, {bound} bound, {running} Running", start.elapsed().as_secs_f64(), list.len());
+            last_report = Instant::now();
         }
         assert!(start.elapsed() < Duration::from_secs(600), "not all Running after 10 min: {running}/{replicas}");
         tokio::time::sleep(Duration::from_millis(100)).await;
