@@ -44,8 +44,13 @@ use util::{parse_query, status};
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// Largest gitops Apply body (a commit's changes).
 pub const MAX_APPLY_BODY: usize = 32 * 1024 * 1024;
-/// Items per list page when the client sets no limit.
-const DEFAULT_PAGE: u64 = 500;
+/// Items read from the store per round trip while building a list.
+const STORE_PAGE: u64 = 1000;
+/// Most items one list without `limit` returns. Kubernetes returns everything then (clients
+/// such as kube-rs' `Api::list` do not follow `continue` unless they asked for pages), so
+/// anything less would be a silently truncated answer; past this the request is refused
+/// with a message that says to page.
+pub const MAX_UNPAGED: u64 = 50_000;
 /// Kubernetes version reported by `/version`.
 const KUBE_MINOR: &str = "33";
 
@@ -535,7 +540,8 @@ async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, S
         Err(r) => return r,
     };
     let prefix = keys::list_prefix(t.res, t.namespace.as_deref());
-    let limit: u64 = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(DEFAULT_PAGE);
+    let limit: Option<u64> = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0);
+    let cap = limit.unwrap_or(MAX_UNPAGED);
     // `continue` is the hex of the next key and the revision the first page was read at.
     let (start, revision) = match query.get("continue").filter(|c| !c.is_empty()) {
         None => (prefix.clone().into_bytes(), 0),
@@ -544,14 +550,15 @@ async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, S
             None => return fail(400, "BadRequest", "invalid continue token"),
         },
     };
-    let range = KeyRange { key: start, range_end: kapp_store_client::prefix_end(prefix.as_bytes()) };
+    let range_end = kapp_store_client::prefix_end(prefix.as_bytes());
+    let page = cap.min(STORE_PAGE) + 1;
     let mut items = Vec::new();
     let mut next_key: Option<Vec<u8>> = None;
     let mut read_rev = revision;
-    let mut cursor = range.key.clone();
-    // Read pages from the store until `limit` items matched or the prefix is done.
+    let mut cursor = start;
+    // Read pages from the store until `cap` items matched or the prefix is done.
     loop {
-        let req = RangeRequest { range: KeyRange { key: cursor.clone(), range_end: range.range_end.clone() }, limit: limit + 1, revision: read_rev, ..Default::default() };
+        let req = RangeRequest { range: KeyRange { key: cursor.clone(), range_end: range_end.clone() }, limit: page, revision: read_rev, ..Default::default() };
         let resp = match ctx.store.range(req).await {
             Ok(r) => r,
             Err(e) => return store_failure(e),
@@ -559,9 +566,9 @@ async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, S
         if read_rev == 0 {
             read_rev = resp.revision;
         }
-        let n = resp.kvs.len();
+        let n = resp.kvs.len() as u64;
         for kv in resp.kvs {
-            if items.len() as u64 == limit {
+            if items.len() as u64 == cap {
                 next_key = Some(kv.key.clone());
                 break;
             }
@@ -573,9 +580,13 @@ async fn list(ctx: &Ctx, t: &Target, query: &std::collections::HashMap<String, S
                 }
             }
         }
-        if next_key.is_some() || (n as u64) <= limit {
+        if next_key.is_some() || n < page {
             break;
         }
+    }
+    if limit.is_none() && next_key.is_some() {
+        let msg = format!("more than {MAX_UNPAGED} {} match: list them in pages with limit and continue", t.res.plural);
+        return json_response(StatusCode::PAYLOAD_TOO_LARGE, &status(413, "RequestEntityTooLarge", &msg, None));
     }
     let token = next_key.map(|k| encode_continue(&k, read_rev));
     if as_table {

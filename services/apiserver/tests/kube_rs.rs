@@ -145,3 +145,68 @@ async fn a_watch_on_one_head_sees_writes_through_another() {
     second.shutdown().await;
     cp.shutdown().await;
 }
+
+/// A list without `limit` is whole, as in Kubernetes (kube-rs' `Api::list` does not follow
+/// `continue`); with `limit` it comes in pages read at the first page's revision, and a
+/// label selector pages over the matching objects only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_without_limit_is_whole_and_with_limit_comes_in_consistent_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), 1).await;
+    let client = cp.client("controllers", &[groups::CONTROLLERS]).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    // More than one store page (1,000) and more than kubectl's chunk size (500).
+    let total = 1100;
+    futures_util::stream::iter(0..total)
+        .map(|i| {
+            let cms = cms.clone();
+            async move {
+                let mut c = cm(&format!("cm-{i:04}"), "1");
+                c.metadata.labels = Some([("app".to_string(), if i % 2 == 0 { "web" } else { "db" }.to_string())].into());
+                cms.create(&PostParams::default(), &c).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+
+    let whole = cms.list(&ListParams::default()).await.unwrap();
+    assert_eq!(whole.items.len(), total);
+    assert_eq!(whole.metadata.continue_, None);
+
+    let names = |l: &kube::core::ObjectList<ConfigMap>| l.items.iter().map(|c| c.metadata.name.clone().unwrap()).collect::<Vec<_>>();
+    let mut paged = Vec::new();
+    let mut sizes = Vec::new();
+    let mut params = ListParams::default().limit(400);
+    loop {
+        let page = cms.list(&params).await.unwrap();
+        sizes.push(page.items.len());
+        paged.extend(names(&page));
+        if sizes.len() == 1 {
+            // Made after the first page: not part of this paged list's snapshot.
+            cms.create(&PostParams::default(), &cm("later", "1")).await.unwrap();
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [400, 400, 300]);
+    assert_eq!(paged, names(&whole), "pages in key order, each object once");
+
+    let mut db = Vec::new();
+    let mut params = ListParams::default().labels("app=db").limit(300);
+    loop {
+        let page = cms.list(&params).await.unwrap();
+        assert!(page.items.len() <= 300);
+        db.extend(names(&page));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => break,
+        }
+    }
+    assert_eq!(db.len(), total / 2);
+    assert!(db.iter().all(|n| n[3..].parse::<usize>().unwrap() % 2 == 1), "only odd (app=db) objects");
+    assert_eq!(cms.list(&ListParams::default()).await.unwrap().items.len(), total + 1);
+    cp.shutdown().await;
+}
