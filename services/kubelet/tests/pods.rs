@@ -81,31 +81,47 @@ async fn pod_runs_reports_and_is_cleaned_up() {
 }
 
 /// Two containers talk over the pod's localhost; an init container prepares an emptyDir;
-/// env from a ConfigMap and the downward API; a configMap volume.
+/// env from a ConfigMap and the downward API; configMap, downwardAPI and projected
+/// (configMap + secret + downward API) volumes, rewritten when the ConfigMap changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn containers_share_the_pod_network_and_config() {
     if !common::root_or_skip("containers_share_the_pod_network_and_config") {
         return;
     }
-    let node = Node::start("share", |_| {}).await;
+    let node = Node::start("share", |c| c.volume_refresh = Duration::from_secs(1)).await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({"metadata": {"name": "creds", "namespace": "default"}, "stringData": {"password": "pw-from-a-secret"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(node.client.clone(), "default").create(&PostParams::default(), &secret).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(node.client.clone(), "default");
     let cm: ConfigMap = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "default"}, "data": {"greeting": "hi-from-configmap", "file.txt": "from-a-volume"}})).unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
     node.create_pod(
         "duo",
         json!({
-            "volumes": [{"name": "shared", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "settings"}}],
+            "volumes": [
+                {"name": "shared", "emptyDir": {}},
+                {"name": "cfg", "configMap": {"name": "settings"}},
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                    {"path": "mem", "resourceFieldRef": {"containerName": "client", "resource": "limits.memory", "divisor": "1Mi"}},
+                ]}},
+                {"name": "all", "projected": {"sources": [
+                    {"configMap": {"name": "settings", "items": [{"key": "greeting", "path": "greeting"}]}},
+                    {"secret": {"name": "creds"}},
+                    {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                ]}},
+            ],
             "initContainers": [{"name": "prep", "image": node.image, "command": ["sh", "-c", "echo page-from-init > /data/index.html"], "volumeMounts": [{"name": "shared", "mountPath": "/data"}]}],
             "containers": [
                 {"name": "server", "image": node.image, "command": ["httpd", "-f", "-p", "8080", "-h", "/data"], "volumeMounts": [{"name": "shared", "mountPath": "/data"}]},
                 {"name": "client", "image": node.image,
-                 "command": ["sh", "-c", "echo greeting=$GREETING ip=$MY_IP pod=$MY_NAME; cat /cfg/file.txt; echo; until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; echo fetched; exec sleep 3600"],
+                 "command": ["sh", "-c", "echo greeting=$GREETING ip=$MY_IP pod=$MY_NAME; cat /cfg/file.txt; echo; echo info=$(cat /info/name)/$(cat /info/mem) all=$(cat /all/greeting)/$(cat /all/password)/$(cat /all/ns); until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; echo fetched; until grep -q changed /cfg/file.txt; do sleep 0.2; done; echo refreshed; exec sleep 3600"],
+                 "resources": {"limits": {"memory": "64Mi"}},
                  "env": [
                     {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
                     {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                     {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                  ],
-                 "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]},
+                 "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}, {"name": "info", "mountPath": "/info"}, {"name": "all", "mountPath": "/all"}]},
             ],
             "terminationGracePeriodSeconds": 1,
         }),
@@ -121,6 +137,9 @@ async fn containers_share_the_pod_network_and_config() {
     assert!(log.contains(&format!("ip={ip} pod=duo")), "{log}");
     assert!(log.contains("from-a-volume"), "{log}");
     assert!(log.contains("page-from-init"), "the init container's file, served over localhost: {log}");
+    assert!(log.contains("info=duo/64 all=hi-from-configmap/pw-from-a-secret/default"), "downwardAPI and projected volumes: {log}");
+    cms.patch("settings", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"data": {"file.txt": "changed"}}))).await.unwrap();
+    node.wait_log("duo", "client", "refreshed", Duration::from_secs(20)).await;
     node.pods().delete("duo", &DeleteParams::default()).await.unwrap();
     node.wait_gone("duo", Duration::from_secs(30)).await;
     node.shutdown().await;

@@ -87,6 +87,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How often the routes to other nodes' pods are checked and repaired without a change.
     pub route_resync: Duration,
+    /// How often configMap, secret, downwardAPI and projected volumes are rewritten from
+    /// their sources (Kubernetes: the sync period, a minute).
+    pub volume_refresh: Duration,
     /// Labels the Node carries besides the well-known `kubernetes.io/{hostname,os,arch}`
     /// (the machine config's, and the role label on heads); set at every registration.
     pub labels: BTreeMap<String, String>,
@@ -121,6 +124,7 @@ impl Config {
             pids_limit: 4096,
             heartbeat: Duration::from_secs(10),
             route_resync: Duration::from_secs(30),
+            volume_refresh: Duration::from_secs(30),
             labels: BTreeMap::new(),
             taints: Vec::new(),
         }

@@ -229,12 +229,14 @@ pub(crate) struct Worker {
     start_time: Option<String>,
     /// The pod had finished before this worker started (e.g. a kubelet restart): run nothing.
     finished_before: bool,
+    /// When the content volumes were last written.
+    volumes_at: Instant,
 }
 
 /// Run pod `uid` until it is deleted and cleaned up.
 pub(crate) async fn run(shared: Arc<Shared>, uid: String, wake: Arc<Notify>) {
     let (tx, mut rx) = mpsc::channel::<Event>(64);
-    let mut w = Worker { shared, uid: uid.clone(), ctrs: Vec::new(), sandbox: None, sandbox_error: None, events: tx, reported: None, transitions: HashMap::new(), start_time: None, finished_before: false };
+    let mut w = Worker { shared, uid: uid.clone(), ctrs: Vec::new(), sandbox: None, sandbox_error: None, events: tx, reported: None, transitions: HashMap::new(), start_time: None, finished_before: false, volumes_at: Instant::now() };
     loop {
         let pod = w.shared.pod(&uid);
         let next = match &pod {
@@ -360,6 +362,24 @@ impl Worker {
             }
         }
         let now_i = Instant::now();
+        let refresh = (volumes::has_contents(pod) && self.ctrs.iter().any(|c| c.run.is_some())).then(|| self.volumes_at + self.shared.cfg.volume_refresh);
+        if refresh.is_some_and(|t| t <= now_i) {
+            self.volumes_at = now_i;
+            if let Some(sb) = &self.sandbox {
+                if let Err(e) = volumes::refresh(&self.shared.client, pod, &sb.dir).await {
+                    tracing::warn!(uid = %self.uid, error = %e, "volume refresh");
+                }
+            }
+        }
+        let refresh = refresh.map(|_| self.volumes_at + self.shared.cfg.volume_refresh);
+        let next = self.sync_containers(pod, now_i).await;
+        match (next, refresh) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn sync_containers(&mut self, pod: &Pod, now_i: Instant) -> Option<Instant> {
         // Init containers: one at a time, in order; a failed one (not restarted) ends the pod.
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];

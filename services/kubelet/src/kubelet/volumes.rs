@@ -1,12 +1,13 @@
 //! Pod volumes under `<pod dir>/volumes/<name>`: emptyDir (a directory, or tmpfs for
-//! `medium: Memory`), configMap and secret (files written from the object; secrets on a
-//! tmpfs so they never touch the disk), hostPath.
+//! `medium: Memory`), configMap, secret, downwardAPI and projected (files written from the
+//! objects and the pod, switched atomically and refreshed periodically; anything holding
+//! Secret data on a tmpfs so it never touches the disk), hostPath.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ResourceFieldSelector, Secret, Volume};
 use kube::Api;
 
 /// A prepared volume: where it is on the node, and whether mounts of it are forced
@@ -36,34 +37,12 @@ pub async fn prepare(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<Has
                 tmpfs(&path, &format!("mode=1777,{size}"))?;
             }
             out.insert(v.name.clone(), Prepared { path, readonly: false });
-        } else if let Some(c) = &v.config_map {
-            let name = c.name.clone();
-            let optional = c.optional.unwrap_or(false);
-            let files = match Api::<ConfigMap>::namespaced(client.clone(), &ns).get_opt(&name).await.map_err(|e| format!("configmap {name}: {e}"))? {
-                Some(cm) => {
-                    let mut m: Vec<(String, Vec<u8>)> = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-                    m.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
-                    m
-                }
-                None if optional => Vec::new(),
-                None => return Err(format!("configmap \"{name}\" not found")),
-            };
+        } else if let Some((files, in_memory)) = contents(client, pod, &ns, &v).await? {
             mkdir(&path)?;
-            write_files(&path, &files, c.items.as_deref(), c.default_mode.unwrap_or(0o644))?;
-            out.insert(v.name.clone(), Prepared { path, readonly: true });
-        } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            let optional = s.optional.unwrap_or(false);
-            let files = match Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&name).await.map_err(|e| format!("secret {name}: {e}"))? {
-                Some(sec) => secret_data(&sec),
-                None if optional => Vec::new(),
-                None => return Err(format!("secret \"{name}\" not found")),
-            };
-            mkdir(&path)?;
-            if !crate::runtime::is_mounted(&path) {
+            if in_memory && !crate::runtime::is_mounted(&path) {
                 tmpfs(&path, "mode=0755,size=16m")?;
             }
-            write_files(&path, &files, s.items.as_deref(), s.default_mode.unwrap_or(0o644))?;
+            publish(&path, &files).map_err(|e| format!("volume {}: {e}", v.name))?;
             out.insert(v.name.clone(), Prepared { path, readonly: true });
         } else if let Some(h) = &v.host_path {
             let p = PathBuf::from(&h.path);
@@ -78,6 +57,226 @@ pub async fn prepare(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<Has
         }
     }
     Ok(out)
+}
+
+/// Write the current contents of every configMap, secret, downwardAPI and projected volume
+/// of `pod` again (the kubelet's periodic refresh: containers see a change without a
+/// restart, except through subPath mounts, as in Kubernetes). Returns the first error.
+pub async fn refresh(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<(), String> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let mut first = Ok(());
+    for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
+        let path = dir.join("volumes").join(&v.name);
+        let r = match contents(client, pod, &ns, &v).await {
+            Ok(Some((files, _))) if path.is_dir() => publish(&path, &files).map_err(|e| format!("volume {}: {e}", v.name)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
+/// Whether `pod` has volumes whose contents come from objects or the pod itself.
+pub fn has_contents(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|vs| vs.iter().any(|v| v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some() || v.projected.is_some()))
+}
+
+/// A file of a volume: its path inside the volume, bytes and mode.
+pub type File = (String, Vec<u8>, u32);
+
+/// The files of a configMap, secret, downwardAPI or projected volume, and whether they are
+/// kept in memory only (anything holding Secret data); `None` for other kinds.
+async fn contents(client: &kube::Client, pod: &Pod, ns: &str, v: &Volume) -> Result<Option<(Vec<File>, bool)>, String> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    if let Some(c) = &v.config_map {
+        let data = config_map_data(&cms, &c.name, c.optional.unwrap_or(false)).await?;
+        return Ok(Some((select_files(&data, c.items.as_deref(), c.default_mode.unwrap_or(0o644))?, false)));
+    }
+    if let Some(s) = &v.secret {
+        let data = secret_data_of(&secrets, s.secret_name.as_deref().unwrap_or_default(), s.optional.unwrap_or(false)).await?;
+        return Ok(Some((select_files(&data, s.items.as_deref(), s.default_mode.unwrap_or(0o644))?, true)));
+    }
+    if let Some(d) = &v.downward_api {
+        return Ok(Some((downward_files(pod, d.items.as_deref().unwrap_or_default(), d.default_mode.unwrap_or(0o644))?, false)));
+    }
+    let Some(p) = &v.projected else { return Ok(None) };
+    let mode = p.default_mode.unwrap_or(0o644);
+    let mut files = Vec::new();
+    for (i, src) in p.sources.iter().flatten().enumerate() {
+        if let Some(c) = &src.config_map {
+            let data = config_map_data(&cms, &c.name, c.optional.unwrap_or(false)).await?;
+            files.extend(select_files(&data, c.items.as_deref(), mode)?);
+        } else if let Some(s) = &src.secret {
+            let data = secret_data_of(&secrets, &s.name, s.optional.unwrap_or(false)).await?;
+            files.extend(select_files(&data, s.items.as_deref(), mode)?);
+        } else if let Some(d) = &src.downward_api {
+            files.extend(downward_files(pod, d.items.as_deref().unwrap_or_default(), mode)?);
+        } else if src.service_account_token.is_some() {
+            return Err(format!("volume {}: sources[{i}].serviceAccountToken: not supported (kapp issues no service-account tokens; components use client certificates)", v.name));
+        } else {
+            return Err(format!("volume {}: sources[{i}]: this kind of projection is not supported", v.name));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some((p, _, _)) = files.iter().find(|(p, _, _)| !seen.insert(p.clone())) {
+        return Err(format!("volume {}: two sources project {p:?}", v.name));
+    }
+    Ok(Some((files, true)))
+}
+
+async fn config_map_data(api: &Api<ConfigMap>, name: &str, optional: bool) -> Result<Vec<(String, Vec<u8>)>, String> {
+    match api.get_opt(name).await.map_err(|e| format!("configmap {name}: {e}"))? {
+        Some(cm) => {
+            let mut m: Vec<(String, Vec<u8>)> = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+            m.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            Ok(m)
+        }
+        None if optional => Ok(Vec::new()),
+        None => Err(format!("configmap \"{name}\" not found")),
+    }
+}
+
+async fn secret_data_of(api: &Api<Secret>, name: &str, optional: bool) -> Result<Vec<(String, Vec<u8>)>, String> {
+    match api.get_opt(name).await.map_err(|e| format!("secret {name}: {e}"))? {
+        Some(s) => Ok(secret_data(&s)),
+        None if optional => Ok(Vec::new()),
+        None => Err(format!("secret \"{name}\" not found")),
+    }
+}
+
+/// The files of a downwardAPI volume (or projection). Pure. Fields as Kubernetes allows
+/// them in volumes: the pod's name, namespace, uid, labels and annotations (whole, as
+/// sorted `key="value"` lines, or one key), and containers' requests and limits.
+pub fn downward_files(pod: &Pod, items: &[DownwardAPIVolumeFile], default_mode: i32) -> Result<Vec<File>, String> {
+    let m = &pod.metadata;
+    let lines = |map: Option<&std::collections::BTreeMap<String, String>>| {
+        map.into_iter().flatten().map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone()))).collect::<Vec<_>>().join("\n")
+    };
+    let mut out = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let value = if let Some(f) = &it.field_ref {
+            let key = |prefix: &str| f.field_path.strip_prefix(prefix).and_then(|r| r.strip_suffix("']")).map(str::to_string);
+            match f.field_path.as_str() {
+                "metadata.name" => m.name.clone().unwrap_or_default(),
+                "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => m.uid.clone().unwrap_or_default(),
+                "metadata.labels" => lines(m.labels.as_ref()),
+                "metadata.annotations" => lines(m.annotations.as_ref()),
+                p => match (key("metadata.labels['"), key("metadata.annotations['")) {
+                    (Some(k), _) => m.labels.as_ref().and_then(|l| l.get(&k).cloned()).unwrap_or_default(),
+                    (_, Some(k)) => m.annotations.as_ref().and_then(|l| l.get(&k).cloned()).unwrap_or_default(),
+                    _ => return Err(format!("items[{i}].fieldRef.fieldPath: {p:?} is not supported in a volume")),
+                },
+            }
+        } else if let Some(r) = &it.resource_field_ref {
+            resource_value(pod, r).map_err(|e| format!("items[{i}].resourceFieldRef: {e}"))?
+        } else {
+            return Err(format!("items[{i}]: neither fieldRef nor resourceFieldRef"));
+        };
+        out.push((it.path.clone(), value.into_bytes(), it.mode.unwrap_or(default_mode) as u32));
+    }
+    let paths: Vec<KeyToPath> = out.iter().map(|(p, _, _)| KeyToPath { key: p.clone(), path: p.clone(), mode: None }).collect();
+    let data: Vec<(String, Vec<u8>)> = out.iter().map(|(p, _, _)| (p.clone(), Vec::new())).collect();
+    select_files(&data, Some(&paths), 0)?; // the same path rules as configMap items
+    Ok(out)
+}
+
+/// A container's request or limit as the downward API shows it: cpu in whole cores (or in
+/// units of the divisor), memory in bytes (or the divisor), rounded up.
+fn resource_value(pod: &Pod, r: &ResourceFieldSelector) -> Result<String, String> {
+    let name = r.container_name.as_deref().filter(|n| !n.is_empty()).ok_or("containerName is required in a volume")?;
+    let c = pod.spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten())).find(|c| c.name == name).ok_or_else(|| format!("no container {name:?}"))?;
+    let (kind, what) = r.resource.split_once('.').ok_or_else(|| format!("resource {:?}", r.resource))?;
+    let res = c.resources.clone().unwrap_or_default();
+    let q = match kind {
+        "limits" => res.limits,
+        "requests" => res.requests,
+        _ => return Err(format!("resource {:?}", r.resource)),
+    }
+    .and_then(|m| m.get(what).cloned());
+    let div = r.divisor.as_ref().map(|d| d.0.clone());
+    let ceil = |v: i64, d: i64| if d <= 0 { v } else { (v + d - 1) / d };
+    Ok(match (what, q) {
+        ("cpu", Some(q)) => {
+            let m = super::plan::parse_millicores(&q.0).ok_or_else(|| format!("cpu {:?}", q.0))?;
+            ceil(m, div.and_then(|d| super::plan::parse_millicores(&d)).unwrap_or(1000)).to_string()
+        }
+        ("memory" | "ephemeral-storage", Some(q)) => {
+            let b = super::plan::parse_bytes(&q.0).ok_or_else(|| format!("{what} {:?}", q.0))?;
+            ceil(b, div.and_then(|d| super::plan::parse_bytes(&d)).unwrap_or(1)).to_string()
+        }
+        (_, Some(q)) => q.0,
+        (_, None) => "0".into(),
+    })
+}
+
+/// Make `dir` hold exactly `files`, switching all of them at once, as Kubernetes' atomic
+/// writer does: the files go into a fresh `..<n>` directory, the `..data` symlink is
+/// renamed onto it, and each top-level name is a symlink through `..data`. Nothing is
+/// rewritten when the contents are unchanged.
+pub fn publish(dir: &Path, files: &[File]) -> std::io::Result<()> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let data = dir.join("..data");
+    if let Ok(current) = std::fs::read_link(&data) {
+        let cur = dir.join(&current);
+        let same = files.iter().all(|(p, b, m)| {
+            let f = cur.join(p);
+            std::fs::read(&f).is_ok_and(|x| x == *b) && std::fs::metadata(&f).is_ok_and(|md| md.permissions().mode() & 0o7777 == m & 0o7777)
+        }) && count_files(&cur) == files.len();
+        if same {
+            return Ok(());
+        }
+    }
+    let old = std::fs::read_link(&data).ok();
+    let gen = (0u64..).map(|n| format!("..{n}")).find(|n| !dir.join(n).exists() && old.as_deref() != Some(Path::new(n))).expect("a free name");
+    let new = dir.join(&gen);
+    std::fs::create_dir(&new)?;
+    for (rel, bytes, mode) in files {
+        let p = new.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, bytes)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&gen, &tmp)?;
+    std::fs::rename(&tmp, &data)?;
+    let top: std::collections::BTreeSet<String> = files.iter().filter_map(|(p, _, _)| p.split('/').next().map(String::from)).collect();
+    for name in &top {
+        let link = dir.join(name);
+        match std::fs::symlink_metadata(&link) {
+            Ok(md) if md.file_type().is_symlink() => continue,
+            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&link)?,
+            Ok(_) => std::fs::remove_file(&link)?,
+            Err(_) => {}
+        }
+        symlink(Path::new("..data").join(name), &link)?;
+    }
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("..") {
+            if name != "..data" && name != gen {
+                std::fs::remove_dir_all(e.path())?;
+            }
+        } else if !top.contains(&name) {
+            if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(e.path())?;
+            } else {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| if e.file_type().is_ok_and(|t| t.is_dir()) { count_files(&e.path()) } else { 1 }).sum()
 }
 
 /// A Secret's data, decoded (`data` is base64 on the wire and already decoded by
@@ -153,21 +352,6 @@ pub fn select_files(data: &[(String, Vec<u8>)], items: Option<&[KeyToPath]>, def
     Ok(out)
 }
 
-fn write_files(dir: &Path, data: &[(String, Vec<u8>)], items: Option<&[KeyToPath]>, default_mode: i32) -> Result<(), String> {
-    let files = select_files(data, items, default_mode)?;
-    for (rel, bytes, mode) in &files {
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        }
-        let tmp = p.with_file_name(format!(".{}.tmp", p.file_name().and_then(|n| n.to_str()).unwrap_or("f")));
-        std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        set_mode(&tmp, *mode & 0o7777)?;
-        std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +367,55 @@ mod tests {
         assert!(select_files(&data, Some(&bad), 0o644).is_err());
         let missing = vec![KeyToPath { key: "zz".into(), path: "x".into(), mode: None }];
         assert!(select_files(&data, Some(&missing), 0o644).is_err());
+    }
+
+    #[test]
+    fn publish_switches_every_file_at_once_and_drops_what_left() {
+        let d = tempfile::tempdir().unwrap();
+        let read = |p: &str| std::fs::read_to_string(d.path().join(p)).unwrap();
+        publish(d.path(), &[("a".into(), b"1".to_vec(), 0o644), ("sub/b".into(), b"2".to_vec(), 0o600)]).unwrap();
+        assert_eq!((read("a"), read("sub/b")), ("1".into(), "2".into()));
+        let first = std::fs::read_link(d.path().join("..data")).unwrap();
+        publish(d.path(), &[("a".into(), b"1".to_vec(), 0o644), ("sub/b".into(), b"2".to_vec(), 0o600)]).unwrap();
+        assert_eq!(std::fs::read_link(d.path().join("..data")).unwrap(), first, "unchanged contents are not rewritten");
+        publish(d.path(), &[("a".into(), b"3".to_vec(), 0o644)]).unwrap();
+        assert_eq!(read("a"), "3");
+        assert!(!d.path().join("sub").exists(), "a key that left is gone");
+        let mut names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "a, ..data and one generation: {names:?}");
+        // A volume written before the atomic layout (plain files) is taken over.
+        let old = tempfile::tempdir().unwrap();
+        std::fs::write(old.path().join("a"), "stale").unwrap();
+        publish(old.path(), &[("a".into(), b"new".to_vec(), 0o644)]).unwrap();
+        assert_eq!(std::fs::read_to_string(old.path().join("a")).unwrap(), "new");
+    }
+
+    #[test]
+    fn downward_api_files() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"b": "2", "a": "x\"y"}},
+            "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1500m", "memory": "64Mi"}}}]}
+        }))
+        .unwrap();
+        let items: Vec<DownwardAPIVolumeFile> = serde_json::from_value(serde_json::json!([
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+            {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+            {"path": "b", "fieldRef": {"fieldPath": "metadata.labels['b']"}},
+            {"path": "cpu", "resourceFieldRef": {"containerName": "c", "resource": "limits.cpu"}},
+            {"path": "cpu_m", "resourceFieldRef": {"containerName": "c", "resource": "limits.cpu", "divisor": "1m"}},
+            {"path": "mem", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}, "mode": 0o600},
+        ]))
+        .unwrap();
+        let f = downward_files(&pod, &items, 0o644).unwrap();
+        let get = |p: &str| f.iter().find(|x| x.0 == p).map(|x| String::from_utf8(x.1.clone()).unwrap()).unwrap();
+        assert_eq!(get("labels"), "a=\"x\\\"y\"\nb=\"2\"");
+        assert_eq!((get("name"), get("b"), get("cpu"), get("cpu_m"), get("mem")), ("p".into(), "2".into(), "2".into(), "1500".into(), "64".into()));
+        assert_eq!(f.iter().find(|x| x.0 == "mem").unwrap().2, 0o600);
+        let bad: Vec<DownwardAPIVolumeFile> = serde_json::from_value(serde_json::json!([{"path": "ip", "fieldRef": {"fieldPath": "status.podIP"}}])).unwrap();
+        assert!(downward_files(&pod, &bad, 0o644).unwrap_err().contains("items[0].fieldRef.fieldPath"));
+        let escape: Vec<DownwardAPIVolumeFile> = serde_json::from_value(serde_json::json!([{"path": "../x", "fieldRef": {"fieldPath": "metadata.name"}}])).unwrap();
+        assert!(downward_files(&pod, &escape, 0o644).is_err());
     }
 
     #[test]
