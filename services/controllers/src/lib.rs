@@ -9,6 +9,7 @@
 //! worker at a time; the reconcile reads the cache, decides, and writes through the
 //! apiserver; failures come back with backoff; a periodic resync catches anything missed.
 
+pub mod claims;
 mod controllers;
 pub mod events;
 pub mod pods;

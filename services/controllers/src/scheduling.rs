@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kapp_scheduler::{ClusterEvent, ScheduleError, Scheduler, Unschedulable};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -41,6 +41,7 @@ const BINDS_IN_FLIGHT: usize = 32;
 struct Loop {
     client: kube::Client,
     pods: Arc<Cache<Pod>>,
+    claims: Arc<Cache<PersistentVolumeClaim>>,
     state: Mutex<State>,
     queue: Arc<Queue>,
     events: Recorder,
@@ -77,13 +78,22 @@ impl Loop {
             return Ok(Next::Done);
         }
         let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        // Local volumes: a claim already pinned to a node takes the pod there.
+        let (volume_node, unpinned) = match crate::claims::pinning(&pod, &self.claims) {
+            Ok(p) => p,
+            Err(message) => {
+                self.mark_unschedulable(&api, &pod, "Unschedulable", &format!("0/{} nodes are available: {message}.", self.node_count())).await?;
+                return Ok(Next::After(Duration::from_secs(5)));
+            }
+        };
         let permit = self.binds.clone().acquire_owned().await.expect("the semaphore is never closed");
         let decision = {
             let mut st = self.state.lock().expect("state lock");
             if st.binding.contains(key) {
                 return Ok(Next::Done);
             }
-            let d = st.sched.schedule(&pod);
+            let d = st.sched.schedule_pinned(&pod, volume_node.as_deref());
             if let Ok(node) = &d {
                 if let Err(e) = st.sched.snapshot_mut().assume(&pod, node) {
                     return Err(Error::Invalid(format!("pod {key}: {e}")));
@@ -92,13 +102,25 @@ impl Loop {
             }
             d
         };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         match decision {
             Ok(node) => {
                 // Bind in the background: the next decision already counts this pod.
                 let (l, key) = (self.clone(), key.to_string());
                 tokio::spawn(async move {
                     let _permit = permit;
+                    // Pin the pod's new claims to the node before the pod is bound there,
+                    // as kube-scheduler's volume binding does before its bind.
+                    for c in &unpinned {
+                        if let Err(e) = crate::claims::pin(&l.client, c, &node).await {
+                            tracing::debug!(pod = %key, claim = %c.name_any(), error = %e, "pinning a claim failed; retrying");
+                            let mut st = l.state.lock().expect("state lock");
+                            st.sched.snapshot_mut().remove_pod(&ns, &name);
+                            st.binding.remove(&key);
+                            drop(st);
+                            l.queue.retry(&key);
+                            return;
+                        }
+                    }
                     let binding = Binding {
                         metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), uid: pod.uid(), ..Default::default() },
                         target: ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(node.clone()), ..Default::default() },
@@ -138,6 +160,10 @@ impl Loop {
         }
     }
 
+    fn node_count(&self) -> usize {
+        self.state.lock().expect("state lock").sched.snapshot().node_count()
+    }
+
     async fn mark_unschedulable(&self, api: &Api<Pod>, pod: &Pod, reason: &str, message: &str) -> Result<(), Error> {
         let current = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
         if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message)) {
@@ -164,6 +190,7 @@ async fn run(client: kube::Client, config: kapp_scheduler::Config) {
         events: Recorder::new(client.clone(), "default-scheduler"),
         client: client.clone(),
         pods: Cache::new(),
+        claims: Cache::new(),
         state: Mutex::new(State { sched: Scheduler::new(config), waiting: HashMap::new(), binding: HashSet::new() }),
         queue: Queue::new("scheduler"),
         binds: Arc::new(tokio::sync::Semaphore::new(BINDS_IN_FLIGHT)),
@@ -250,10 +277,12 @@ async fn run(client: kube::Client, config: kapp_scheduler::Config) {
     tasks.spawn(nodes.clone().run(Api::all(client.clone()), watcher::Config::default()));
     tasks.spawn(services.clone().run(Api::all(client.clone()), watcher::Config::default()));
     tasks.spawn(namespaces.clone().run(Api::all(client.clone()), watcher::Config::default()));
-    // Nodes, Services and Namespaces first, so the first decisions see the whole cluster.
+    tasks.spawn(l.claims.clone().run(Api::all(client.clone()), watcher::Config::default()));
+    // Nodes, Services, Namespaces and claims first, so the first decisions see the whole cluster.
     nodes.synced().await;
     services.synced().await;
     namespaces.synced().await;
+    l.claims.synced().await;
     tasks.spawn(l.pods.clone().run(Api::all(client.clone()), watcher::Config::default()));
     l.pods.synced().await;
     tracing::info!(nodes = nodes.len(), pods = l.pods.len(), "scheduler: caches synced");

@@ -350,6 +350,14 @@ async fn a_statefulset_starts_in_order_and_stops_from_the_top() {
     let claims: Vec<String> = c.api::<PersistentVolumeClaim>().list(&ListParams::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
     assert_eq!(claims.len(), 3, "{claims:?}");
     assert!(claims.contains(&"data-db-2".to_string()));
+    // Local volumes: each claim was pinned to its pod's node before the bind, and is Bound.
+    for i in 0..3 {
+        let claim = c.api::<PersistentVolumeClaim>().get(&format!("data-db-{i}")).await.unwrap();
+        let pod = c.api::<Pod>().get(&format!("db-{i}")).await.unwrap();
+        assert_eq!(claim.annotations().get(kapp_controllers::claims::SELECTED_NODE), Some(&node_of(&pod)), "data-db-{i}");
+        assert_eq!(claim.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Bound"));
+        assert_eq!(claim.status.as_ref().and_then(|s| s.capacity.as_ref()).map(|c| c["storage"].0.clone()), Some("1Gi".to_string()));
+    }
     c.api::<StatefulSet>().patch("db", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}}))).await.unwrap();
     wait_for("only db-0 left", 60, || async {
         let pods = c.pods("app=db").await;
@@ -361,6 +369,24 @@ async fn a_statefulset_starts_in_order_and_stops_from_the_top() {
     assert!(pos("db-2", "deleted") < pos("db-1", "deleting"), "db-2 went before db-1 was asked to: {events:?}");
     monitor.abort();
     assert_eq!(c.api::<PersistentVolumeClaim>().list(&ListParams::default()).await.unwrap().items.len(), 3, "claims outlive their pods");
+    // A replaced pod goes back to where its claim keeps the data.
+    let home = c.api::<PersistentVolumeClaim>().get("data-db-0").await.unwrap().annotations()[kapp_controllers::claims::SELECTED_NODE].clone();
+    for round in 0..3 {
+        let old = c.api::<Pod>().get("db-0").await.unwrap().uid();
+        c.api::<Pod>().delete("db-0", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+        wait_for("db-0 replaced and ready", 60, || async {
+            c.api::<Pod>().get_opt("db-0").await.unwrap().is_some_and(|p| p.uid() != old && ready(&p))
+        })
+        .await;
+        assert_eq!(node_of(&c.api::<Pod>().get("db-0").await.unwrap()), home, "round {round}");
+    }
+    // A pod bound by its own nodeName (no scheduler) gets its claim pinned to that node.
+    c.create::<Pod>(json!({"metadata": {"name": "direct", "namespace": "default"}, "spec": {"nodeName": "n2", "containers": [{"name": "c", "image": "c:1"}], "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "direct"}}]}})).await;
+    c.create::<PersistentVolumeClaim>(json!({"metadata": {"name": "direct", "namespace": "default"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})).await;
+    wait_for("the claim of a pod bound by nodeName pinned to its node", 20, || async {
+        c.api::<PersistentVolumeClaim>().get("direct").await.unwrap().annotations().get(kapp_controllers::claims::SELECTED_NODE).map(String::as_str) == Some("n2")
+    })
+    .await;
     c.stop().await;
 }
 

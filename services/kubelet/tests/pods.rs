@@ -270,3 +270,42 @@ async fn private_registry_with_pull_secret() {
     node.wait_gone("anon", Duration::from_secs(30)).await;
     node.shutdown().await;
 }
+
+/// A persistentVolumeClaim pinned to this node keeps its data on the node across pods; a
+/// claim pinned elsewhere (or not yet) keeps the pod waiting with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_keeps_its_data_on_its_node_across_pods() {
+    if !common::root_or_skip("a_claim_keeps_its_data_on_its_node_across_pods") {
+        return;
+    }
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let node = Node::start("claim", |_| {}).await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(node.client.clone(), "default");
+    let claim = |name: &str, pinned: Option<&str>| -> PersistentVolumeClaim {
+        let annotations = pinned.map(|n| json!({"volume.kubernetes.io/selected-node": n})).unwrap_or(json!({}));
+        serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})).unwrap()
+    };
+    let data = claims.create(&PostParams::default(), &claim("data", Some(&node.cfg.node_name))).await.unwrap();
+    claims.create(&PostParams::default(), &claim("elsewhere", Some("another-node"))).await.unwrap();
+    let pod = |cmd: &str, claim: &str| {
+        json!({
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}],
+            "containers": [{"name": "c", "image": node.image, "command": ["sh", "-c", cmd], "volumeMounts": [{"name": "d", "mountPath": "/data"}]}],
+            "terminationGracePeriodSeconds": 1,
+        })
+    };
+    node.create_pod("writer", pod("echo kept-across-pods > /data/file; echo written; exec sleep 3600", "data")).await;
+    node.wait_log("writer", "c", "written", Duration::from_secs(30)).await;
+    let on_node = node.state_dir.join("local-path").join(format!("pvc-{}_default_data", data.metadata.uid.unwrap())).join("file");
+    assert_eq!(std::fs::read_to_string(&on_node).unwrap(), "kept-across-pods\n");
+    node.delete_pod("writer").await;
+    node.create_pod("reader", pod("cat /data/file; exec sleep 3600", "data")).await;
+    node.wait_log("reader", "c", "kept-across-pods", Duration::from_secs(30)).await;
+
+    node.create_pod("stray", pod("exec sleep 3600", "elsewhere")).await;
+    let p = node.wait_pod("stray", Duration::from_secs(20), "the reason it waits", |p| p["status"]["message"].as_str().is_some_and(|m| m.contains("keeps its data on node another-node"))).await;
+    assert_ne!(p["status"]["phase"], "Running");
+    node.delete_pod("reader").await;
+    node.delete_pod("stray").await;
+    node.shutdown().await;
+}

@@ -114,6 +114,9 @@ pub(crate) fn filter(node: &NodeInfo, pod: &PodInfo, pre: &PreFilter, reasons: &
     if !node_affinity_fits(node, pod) {
         return reasons.push(Reason::NodeAffinity);
     }
+    if pod.volume_node.as_ref().is_some_and(|n| *n != node.name) {
+        return reasons.push(Reason::VolumeNodeAffinity);
+    }
     let before = reasons.len();
     fit(node, pod, reasons);
     if reasons.len() > before {

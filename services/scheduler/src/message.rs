@@ -24,6 +24,8 @@ pub enum Reason {
     PodAntiAffinity,
     /// Required anti-affinity of pods already there, against this pod.
     ExistingPodAntiAffinity,
+    /// The pod's volume claims hold data on another node (local volumes).
+    VolumeNodeAffinity,
 }
 
 impl fmt::Display for Reason {
@@ -38,6 +40,7 @@ impl fmt::Display for Reason {
             Reason::PodAffinity => f.write_str("node(s) didn't match pod affinity rules"),
             Reason::PodAntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
             Reason::ExistingPodAntiAffinity => f.write_str("node(s) didn't satisfy existing pods anti-affinity rules"),
+            Reason::VolumeNodeAffinity => f.write_str("node(s) had volume node affinity conflict"),
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct PodInfo {
     pub owner_uid: Option<String>,
     /// The pod has a deletionTimestamp.
     pub terminating: bool,
+    /// The node its volume claims keep their data on (local volumes), when one is chosen
+    /// already: the only node it may go to. Known to the caller, not the `Pod`.
+    pub volume_node: Option<String>,
 }
 
 impl PodInfo {
@@ -86,6 +89,7 @@ impl PodInfo {
             images,
             owner_uid,
             terminating: meta.deletion_timestamp.is_some(),
+            volume_node: None,
             namespace,
         }
     }

@@ -64,7 +64,14 @@ impl Scheduler {
     /// Picks the node for `pod`. Does not change the snapshot: after binding (or just
     /// before), call [`Snapshot::assume`] so the next pod sees the resources taken.
     pub fn schedule(&mut self, pod: &Pod) -> Result<String, ScheduleError> {
-        let pod = PodInfo::new(pod)?;
+        self.schedule_pinned(pod, None)
+    }
+
+    /// [`Scheduler::schedule`] for a pod whose volume claims keep their data on
+    /// `volume_node` (local volumes): only that node is feasible.
+    pub fn schedule_pinned(&mut self, pod: &Pod, volume_node: Option<&str>) -> Result<String, ScheduleError> {
+        let mut pod = PodInfo::new(pod)?;
+        pod.volume_node = volume_node.map(str::to_owned);
         let snapshot = &self.snapshot;
         let all = snapshot.nodes.len();
         if all == 0 {

@@ -447,3 +447,19 @@ fn large_clusters_stop_early_and_rotate() {
     assert!(index(&first) < 420, "{first}");
     assert!((420..840).contains(&index(&second)), "{second}");
 }
+
+#[test]
+fn claims_pinned_to_a_node_allow_only_that_node() {
+    let nodes = [node("a", json!({})), node("b", json!({})), node("c", json!({}))];
+    let mut s = scheduler(&nodes, &[]);
+    for _ in 0..3 {
+        assert_eq!(outcome(s.schedule_pinned(&pod("db-0", "100m", json!({})), Some("b"))), "b");
+    }
+    let busy = node("b", json!({"status": {"allocatable": {"cpu": "50m"}}}));
+    let mut s = scheduler(&[nodes[0].clone(), busy, nodes[2].clone()], &[]);
+    assert_eq!(
+        outcome(s.schedule_pinned(&pod("db-0", "100m", json!({})), Some("b"))),
+        "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had volume node affinity conflict."
+    );
+    assert_eq!(outcome(s.schedule_pinned(&pod("db-0", "100m", json!({})), Some("gone"))), "0/3 nodes are available: 3 node(s) had volume node affinity conflict.");
+}

@@ -1,5 +1,6 @@
 //! The controllers: one shared set of informers, one queue and reconcile per controller.
 
+mod claim;
 mod cronjob;
 mod daemonset;
 mod deployment;
@@ -67,6 +68,8 @@ pub(crate) struct Queues {
     pub node: Arc<Queue>,
     pub namespace: Arc<Queue>,
     pub gc: Arc<Queue>,
+    /// Pods bound without the scheduler whose claims are not pinned yet.
+    pub claim: Arc<Queue>,
 }
 
 /// Pods a controller created or deleted and has not seen in its cache yet (client-go's
@@ -212,6 +215,7 @@ async fn run_all(client: kube::Client, cfg: Config) {
         node: Queue::new("node"),
         namespace: Queue::new("namespace"),
         gc: Queue::new("garbagecollector"),
+        claim: Queue::new("claim"),
     };
     let ctx = Arc::new(Ctx {
         events: Recorder::new(client.clone(), "kapp-controllers"),
@@ -290,6 +294,7 @@ async fn run_all(client: kube::Client, cfg: Config) {
     worker!(node, 1, node::reconcile);
     worker!(namespace, 1, namespace::reconcile);
     worker!(gc, 1, gc::reconcile);
+    worker!(claim, 1, claim::reconcile);
     tasks.spawn(resync(ctx.clone()));
     tasks.spawn(ticks(ctx.clone()));
     while tasks.join_next().await.is_some() {}
@@ -345,6 +350,25 @@ fn wire(ctx: &Arc<Ctx>) {
     ctx.services.on_change(enqueue_self(&q.slice));
     ctx.namespaces.on_change(enqueue_self(&q.namespace));
     ctx.nodes.on_change(enqueue_self(&q.node));
+    {
+        // Bound pods with claims, and the bound pods of a claim that appears or changes.
+        let cq = q.claim.clone();
+        ctx.pods.on_change(move |_, new| {
+            if let Some(p) = new.filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) && !crate::claims::claim_names(p).is_empty()) {
+                cq.add(key_of(p));
+            }
+        });
+        let (cq, pods) = (q.claim.clone(), Arc::downgrade(&ctx.pods));
+        ctx.claims.on_change(move |_, new| {
+            let (Some(c), Some(pods)) = (new, pods.upgrade()) else { return };
+            let ns = c.namespace();
+            for p in pods.list() {
+                if p.namespace() == ns && p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) && crate::claims::claim_names(&p).contains(&c.name_any()) {
+                    cq.add(key_of(p.as_ref()));
+                }
+            }
+        });
+    }
     {
         let (ds, nq) = (q.daemonset.clone(), q.node.clone());
         let dss = Arc::downgrade(&ctx.daemonsets);

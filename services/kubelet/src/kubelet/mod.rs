@@ -224,6 +224,7 @@ impl Kubelet {
             tokio::spawn(watch_pods(shared.clone(), writer, stop_rx.clone())),
             tokio::spawn(follow_node_routes(shared.clone(), stop_rx.clone())),
             tokio::spawn(crate::stats::run(shared.stats.clone(), stop_rx.clone())),
+            tokio::spawn(collect_claims(shared.clone(), stop_rx.clone())),
         ];
         let mut logs_addr = None;
         if let Some(addr) = shared.cfg.listen {
@@ -492,6 +493,36 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<b
 }
 
 /// Watch this node's pods into the cache and wake their workers.
+/// Every minute, remove the local data of claims that were deleted.
+async fn collect_claims(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let root = shared.cfg.state_dir.join(volumes::CLAIMS_DIR);
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if !root.is_dir() {
+            continue;
+        }
+        let claims = match Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::all(shared.client.clone()).list(&kube::api::ListParams::default()).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing claims");
+                continue;
+            }
+        };
+        let live = claims.into_iter().filter_map(|c| c.metadata.uid).collect();
+        let in_use = shared.pods.state().iter().flat_map(|p| {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            p.spec.iter().flat_map(|s| s.volumes.iter().flatten()).filter_map(|v| v.persistent_volume_claim.as_ref()).map(move |c| (ns.clone(), c.claim_name.clone())).collect::<Vec<_>>()
+        }).collect();
+        for dir in volumes::collect_claims(&root, &live, &in_use) {
+            tracing::info!(dir = %dir.display(), "removed the data of a deleted claim");
+        }
+    }
+}
+
 /// Keep the routes to other nodes' pods (host-gw, `net::routes`) in step with the Nodes: at
 /// once when what they call for changes, and every `route_resync` whatever happened, which
 /// repairs routes someone else changed.

@@ -449,7 +449,8 @@ impl Worker {
             _ => crate::net::resolv_conf(&self.shared.cfg.cluster_dns, &ns, &self.shared.cfg.cluster_domain),
         };
         write("resolv.conf", resolv)?;
-        let volumes = volumes::prepare(&self.shared.client, pod, &dir).await?;
+        let cfg = &self.shared.cfg;
+        let volumes = volumes::prepare(&self.shared.client, pod, &dir, &cfg.node_name, &cfg.state_dir.join(volumes::CLAIMS_DIR)).await?;
         Ok(Sandbox { dir, ip, netns, ipcns, volumes })
     }
 

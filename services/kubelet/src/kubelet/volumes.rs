@@ -1,13 +1,15 @@
 //! Pod volumes under `<pod dir>/volumes/<name>`: emptyDir (a directory, or tmpfs for
 //! `medium: Memory`), configMap, secret, downwardAPI and projected (files written from the
 //! objects and the pod, switched atomically and refreshed periodically; anything holding
-//! Secret data on a tmpfs so it never touches the disk), hostPath.
+//! Secret data on a tmpfs so it never touches the disk), hostPath, and
+//! persistentVolumeClaim: a directory per claim on the state partition, used only on the
+//! node the claim is pinned to (local volumes) and removed once the claim is gone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ResourceFieldSelector, Secret, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, PersistentVolumeClaim, Pod, ResourceFieldSelector, Secret, Volume};
 use kube::Api;
 
 /// A prepared volume: where it is on the node, and whether mounts of it are forced
@@ -22,7 +24,8 @@ pub struct Prepared {
 const TMPFS_DEFAULT: &str = "size=64m";
 
 /// Make every volume of `pod` exist under `dir`. Errors are messages for the pod's status.
-pub async fn prepare(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<HashMap<String, Prepared>, String> {
+/// Claims keep their data under `claims_root` when pinned to `node` (local volumes).
+pub async fn prepare(client: &kube::Client, pod: &Pod, dir: &Path, node: &str, claims_root: &Path) -> Result<HashMap<String, Prepared>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let mut out = HashMap::new();
     let vols = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
@@ -44,6 +47,9 @@ pub async fn prepare(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<Has
             }
             publish(&path, &files).map_err(|e| format!("volume {}: {e}", v.name))?;
             out.insert(v.name.clone(), Prepared { path, readonly: true });
+        } else if let Some(c) = &v.persistent_volume_claim {
+            let path = claim_dir(client, &ns, &c.claim_name, node, claims_root).await?;
+            out.insert(v.name.clone(), Prepared { path, readonly: c.read_only.unwrap_or(false) });
         } else if let Some(h) = &v.host_path {
             let p = PathBuf::from(&h.path);
             match h.type_.as_deref() {
@@ -57,6 +63,55 @@ pub async fn prepare(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<Has
         }
     }
     Ok(out)
+}
+
+/// Where claims keep their data, under the kubelet's state directory.
+pub const CLAIMS_DIR: &str = "local-path";
+
+/// The annotation the scheduler pins a claim to its node with.
+const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+
+/// The directory of claim `name` in `ns` on this node (made on first use): refused unless
+/// the claim is pinned to `node`, so one claim's data never lives on two nodes.
+async fn claim_dir(client: &kube::Client, ns: &str, name: &str, node: &str, root: &Path) -> Result<PathBuf, String> {
+    let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).get_opt(name).await.map_err(|e| format!("persistentvolumeclaim {name}: {e}"))?;
+    let Some(claim) = claim else { return Err(format!("persistentvolumeclaim \"{name}\" not found")) };
+    match claim.metadata.annotations.as_ref().and_then(|a| a.get(SELECTED_NODE)).filter(|n| !n.is_empty()) {
+        None => return Err(format!("persistentvolumeclaim \"{name}\" is not bound to a node yet")),
+        Some(n) if n != node => return Err(format!("persistentvolumeclaim \"{name}\" keeps its data on node {n}, not {node}")),
+        Some(_) => {}
+    }
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    let dir = root.join(claim_dir_name(&uid, ns, name));
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("persistentvolumeclaim {name}: {}: {e}", dir.display()))?;
+        set_mode(&dir, 0o777)?;
+    }
+    Ok(dir)
+}
+
+/// `pvc-<uid>_<namespace>_<name>`, as k3s' local-path provisioner names them.
+fn claim_dir_name(uid: &str, ns: &str, name: &str) -> String {
+    format!("pvc-{uid}_{ns}_{name}")
+}
+
+/// Remove the data of claims that no longer exist (their uid is not in `live`) unless a pod
+/// of this node still mounts them (`in_use`: namespace and name): the claims' reclaim policy
+/// is Delete. Returns what it removed.
+pub fn collect_claims(root: &Path, live: &std::collections::HashSet<String>, in_use: &std::collections::HashSet<(String, String)>) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.strip_prefix("pvc-").unwrap_or_default().splitn(3, '_');
+        let (Some(uid), Some(ns), Some(claim)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        if live.contains(uid) || in_use.contains(&(ns.to_string(), claim.to_string())) {
+            continue;
+        }
+        if std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 /// Write the current contents of every configMap, secret, downwardAPI and projected volume
@@ -416,6 +471,20 @@ mod tests {
         assert!(downward_files(&pod, &bad, 0o644).unwrap_err().contains("items[0].fieldRef.fieldPath"));
         let escape: Vec<DownwardAPIVolumeFile> = serde_json::from_value(serde_json::json!([{"path": "../x", "fieldRef": {"fieldPath": "metadata.name"}}])).unwrap();
         assert!(downward_files(&pod, &escape, 0o644).is_err());
+    }
+
+    #[test]
+    fn claim_data_goes_with_its_claim_unless_a_pod_still_mounts_it() {
+        let root = tempfile::tempdir().unwrap();
+        for (uid, ns, name) in [("u1", "db", "data-pg-0"), ("u2", "db", "data-pg-1"), ("u3", "web", "cache")] {
+            std::fs::create_dir_all(root.path().join(claim_dir_name(uid, ns, name)).join("sub")).unwrap();
+        }
+        std::fs::create_dir(root.path().join("not-a-claim")).unwrap();
+        let live = ["u1".to_string()].into();
+        let in_use = [("web".to_string(), "cache".to_string())].into();
+        let removed = collect_claims(root.path(), &live, &in_use);
+        assert_eq!(removed, vec![root.path().join("pvc-u2_db_data-pg-1")]);
+        assert!(root.path().join("pvc-u1_db_data-pg-0").is_dir() && root.path().join("pvc-u3_web_cache").is_dir() && root.path().join("not-a-claim").is_dir());
     }
 
     #[test]
