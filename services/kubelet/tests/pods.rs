@@ -19,7 +19,13 @@ async fn pod_runs_reports_and_is_cleaned_up() {
     if !common::root_or_skip("pod_runs_reports_and_is_cleaned_up") {
         return;
     }
-    let node = Node::start("run", |_| {}).await;
+    // Image garbage collection at any disk use, every second: the image stays while a pod
+    // uses it and goes after.
+    let node = Node::start("run", |c| {
+        c.image_gc = kapp_kubelet::image::gc::GcPolicy { high_percent: 0, low_percent: 0, min_unused: Duration::ZERO };
+        c.image_gc_period = Duration::from_secs(1);
+    })
+    .await;
     let script = "echo hello; cat /etc/hello; test ! -e /etc/motd && echo whiteout-ok; echo env=$FROM_IMAGE; id -u; trap 'echo bye; exit 0' TERM; while true; do sleep 0.2; done";
     let created = node.create_pod("web", json!({"containers": [{"name": "main", "image": node.image, "command": ["sh", "-c", script]}], "terminationGracePeriodSeconds": 20})).await;
     let uid = created.metadata.uid.clone().unwrap();
@@ -64,6 +70,9 @@ async fn pod_runs_reports_and_is_cleaned_up() {
     let links = std::process::Command::new("ip").args(["-n", &node.netns.0, "link", "show", &veth]).output().unwrap();
     assert!(links.status.success(), "the veth's node end is in the node namespace");
 
+    // Collection has run every second meanwhile; the image in use stayed.
+    assert_eq!(std::fs::read_dir(node.state_dir.join("images/refs")).unwrap().count(), 1, "the image in use is kept");
+
     // Graceful deletion: SIGTERM reaches the container, then everything goes.
     let t = Instant::now();
     node.pods().delete("web", &DeleteParams::default()).await.unwrap();
@@ -77,6 +86,12 @@ async fn pod_runs_reports_and_is_cleaned_up() {
     assert!(!links.status.success(), "veth removed");
     let ipam = std::fs::read_to_string(node.state_dir.join("ipam.json")).unwrap();
     assert!(!ipam.contains(&uid), "address released: {ipam}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let count = |d: &str| std::fs::read_dir(node.state_dir.join("images").join(d)).unwrap().count();
+    while count("refs") > 0 || count("layers") > 0 || count("blobs/sha256") > 0 {
+        assert!(Instant::now() < deadline, "unused image collected: refs {}, layers {}, blobs {}", count("refs"), count("layers"), count("blobs/sha256"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     node.shutdown().await;
 }
 

@@ -10,6 +10,7 @@
 //! Writes go to a temporary name and are renamed into place, so a crash never leaves a
 //! half-written blob or layer under its final name.
 
+pub mod gc;
 pub mod reference;
 pub mod registry;
 pub mod unpack;
@@ -98,6 +99,10 @@ pub struct Image {
     pub layers: Vec<String>,
     /// Compressed size of the layers.
     pub size: u64,
+    /// Imported from an OCI layout (the air gap): never garbage-collected, as there may be
+    /// no registry to pull it from again.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 /// The node's image store.
@@ -107,6 +112,9 @@ pub struct ImageStore {
     registry: Registry,
     /// One pull per image name at a time.
     pulls: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Pulls and imports share it; garbage collection holds it alone, so it never removes
+    /// a blob or layer an unfinished pull has written and not yet recorded.
+    gc: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl ImageStore {
@@ -122,7 +130,7 @@ impl ImageStore {
                 let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
             }
         }
-        Ok(ImageStore { root: root.to_path_buf(), registry: Registry::new(options)?, pulls: Arc::default() })
+        Ok(ImageStore { root: root.to_path_buf(), registry: Registry::new(options)?, pulls: Arc::default(), gc: Arc::default() })
     }
 
     /// The unpacked directory of layer `digest`.
@@ -154,17 +162,27 @@ impl ImageStore {
         let name = r.to_string();
         let lock = self.pulls.lock().await.entry(name.clone()).or_default().clone();
         let _one = lock.lock().await;
+        let _not_collected = self.gc.read().await;
         match (policy, self.local(image)) {
-            (PullPolicy::Never, Some(i)) | (PullPolicy::IfNotPresent, Some(i)) => return Ok(i),
+            (PullPolicy::Never, Some(i)) | (PullPolicy::IfNotPresent, Some(i)) => {
+                self.touch(&i.name);
+                return Ok(i);
+            }
             (PullPolicy::Never, None) => return Err(ImageError::NeverPull(name)),
             _ => {}
         }
-        self.pull(&r, creds.get(&r.registry).or_else(|| creds.get(r.api_host()))).await
+        self.pull_locked(&r, creds.get(&r.registry).or_else(|| creds.get(r.api_host()))).await
     }
 
     /// Pull `r`: resolve an index to linux/amd64, fetch config and layers (skipping those
     /// present), unpack, record.
     pub async fn pull(&self, r: &Reference, creds: Option<&Credentials>) -> Result<Image, ImageError> {
+        let _not_collected = self.gc.read().await;
+        self.pull_locked(r, creds).await
+    }
+
+    /// [`ImageStore::pull`] with the garbage collector held off by the caller.
+    async fn pull_locked(&self, r: &Reference, creds: Option<&Credentials>) -> Result<Image, ImageError> {
         let name = r.to_string();
         let (mut body, mut media_type, mut digest) = self.registry.manifest(r, &r.manifest_ref(), creds).await?;
         let mut doc: Value = parse_json(&body, &name)?;
@@ -203,7 +221,7 @@ impl ImageStore {
             }
             self.unpack_layer(layer, media_type).await?;
         }
-        let img = Image { name, digest: digest.to_string(), config, layers: manifest.layers.iter().map(|l| l.0.to_string()).collect(), size };
+        let img = Image { name, digest: digest.to_string(), config, layers: manifest.layers.iter().map(|l| l.0.to_string()).collect(), size, pinned: false };
         self.record(&img)?;
         Ok(img)
     }
@@ -211,6 +229,7 @@ impl ImageStore {
     /// Import every image of an OCI image layout (`oci-layout`, `index.json`, `blobs/`)
     /// whose index entries carry a reference name annotation. Blobs are verified.
     pub async fn import_layout(&self, dir: &Path) -> Result<Vec<Image>, ImageError> {
+        let _not_collected = self.gc.read().await;
         let what = dir.display().to_string();
         let index = std::fs::read(dir.join("index.json")).map_err(|e| ImageError::Io { path: dir.join("index.json"), reason: e.to_string() })?;
         let index: Value = parse_json(&index, &what)?;
@@ -261,7 +280,7 @@ impl ImageStore {
                 rename(&tmp, &self.blob_path(layer))?;
                 self.unpack_layer(layer, media_type).await?;
             }
-            let img = Image { name: r.to_string(), digest: digest.to_string(), config, layers: manifest.layers.iter().map(|l| l.0.to_string()).collect(), size };
+            let img = Image { name: r.to_string(), digest: digest.to_string(), config, layers: manifest.layers.iter().map(|l| l.0.to_string()).collect(), size, pinned: true };
             self.record(&img)?;
             out.push(img);
         }
@@ -293,6 +312,14 @@ impl ImageStore {
             }
         }
         Ok(())
+    }
+
+    /// Mark image `name` used now (its record's mtime: the garbage collector removes the
+    /// least recently used first).
+    fn touch(&self, name: &str) {
+        if let Ok(f) = std::fs::File::options().append(true).open(self.ref_path(name)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
     }
 
     fn record(&self, img: &Image) -> Result<(), ImageError> {

@@ -87,6 +87,10 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How often the routes to other nodes' pods are checked and repaired without a change.
     pub route_resync: Duration,
+    /// When unused images are removed (disk use thresholds, least recently used first).
+    pub image_gc: crate::image::gc::GcPolicy,
+    /// How often the image filesystem's use is checked against `image_gc`.
+    pub image_gc_period: Duration,
     /// How often configMap, secret, downwardAPI and projected volumes are rewritten from
     /// their sources (Kubernetes: the sync period, a minute).
     pub volume_refresh: Duration,
@@ -125,6 +129,8 @@ impl Config {
             heartbeat: Duration::from_secs(10),
             route_resync: Duration::from_secs(30),
             volume_refresh: Duration::from_secs(30),
+            image_gc: Default::default(),
+            image_gc_period: Duration::from_secs(300),
             labels: BTreeMap::new(),
             taints: Vec::new(),
         }
@@ -225,6 +231,7 @@ impl Kubelet {
             tokio::spawn(follow_node_routes(shared.clone(), stop_rx.clone())),
             tokio::spawn(crate::stats::run(shared.stats.clone(), stop_rx.clone())),
             tokio::spawn(collect_claims(shared.clone(), stop_rx.clone())),
+            tokio::spawn(collect_images(shared.clone(), stop_rx.clone())),
         ];
         let mut logs_addr = None;
         if let Some(addr) = shared.cfg.listen {
@@ -350,12 +357,17 @@ fn node_status(shared: &Shared) -> Value {
         })
         .collect();
     let uname = nix::sys::utsname::uname().ok();
+    // Kubernetes' hard eviction thresholds: nodefs.available < 10%, memory.available < 100Mi.
+    let disk_low = crate::image::gc::fs_usage(&cfg.state_dir).is_some_and(|(total, avail)| u128::from(avail) * 10 < u128::from(total));
+    let mem_low = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).is_some_and(|kib| kib < 100 * 1024);
+    let disk = if disk_low { cond("DiskPressure", "True", "KubeletHasDiskPressure", "less than 10% of the state filesystem is free") } else { cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure") };
+    let mem = if mem_low { cond("MemoryPressure", "True", "KubeletHasInsufficientMemory", "less than 100Mi of memory is available") } else { cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available") };
     json!({
         "capacity": capacity,
         "allocatable": capacity,
         "conditions": [
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            mem,
+            disk,
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
         ],
@@ -493,6 +505,29 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<b
 }
 
 /// Watch this node's pods into the cache and wake their workers.
+/// Every `image_gc_period`, remove unused images when the image filesystem is too full.
+async fn collect_images(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let root = shared.cfg.state_dir.join("images");
+    let policy = shared.cfg.image_gc;
+    let mut tick = tokio::time::interval(shared.cfg.image_gc_period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some((total, avail)) = crate::image::gc::fs_usage(&root) else { continue };
+        let want = policy.bytes_to_free(total, avail);
+        if want == 0 {
+            continue;
+        }
+        let in_use = shared.pods.state().iter().flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten())).filter_map(|c| c.image.clone()).collect::<Vec<_>>()).collect();
+        match shared.images.collect(&in_use, want, policy.min_unused).await {
+            Ok(removed) => tracing::info!(want, removed = removed.len(), "image garbage collection"),
+            Err(e) => tracing::warn!(error = %e, "image garbage collection"),
+        }
+    }
+}
+
 /// Every minute, remove the local data of claims that were deleted.
 async fn collect_claims(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let root = shared.cfg.state_dir.join(volumes::CLAIMS_DIR);
