@@ -19,30 +19,65 @@ pub enum Auth {
     Ssh { key: String, known_hosts: Vec<KnownHost> },
 }
 
-/// One `known_hosts` entry: the host names it is for (`host` or `[host]:port`) and the key.
+/// One `known_hosts` entry: the host names it is for and the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownHost {
-    pub hosts: Vec<String>,
+    pub hosts: KnownHostNames,
     pub key_type: String,
     pub key: Vec<u8>,
 }
 
-/// `known_hosts` lines (`host[,host] type base64`); comments and blank lines skipped,
-/// hashed host names and markers (`@revoked`, `@cert-authority`) refused.
+/// The host names of a `known_hosts` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KnownHostNames {
+    /// `host` or `[host]:port`, comma-separated on the line.
+    Plain(Vec<String>),
+    /// `|1|<base64 salt>|<base64 hash>` (`ssh-keygen -H`, `HashKnownHosts yes`): one name
+    /// whose HMAC-SHA1 keyed with the salt is the hash.
+    Hashed { salt: Vec<u8>, hash: Vec<u8> },
+}
+
+impl KnownHost {
+    /// Whether this entry is for `name` as known_hosts writes it (`host` or `[host]:port`).
+    pub fn matches(&self, name: &str) -> bool {
+        match &self.hosts {
+            KnownHostNames::Plain(hosts) => hosts.iter().any(|h| h == name),
+            KnownHostNames::Hashed { salt, hash } => {
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, salt);
+                ring::hmac::verify(&key, name.as_bytes(), hash).is_ok()
+            }
+        }
+    }
+}
+
+/// `known_hosts` lines (`host[,host] type base64`, or `|1|salt|hash type base64` for a
+/// hashed name); comments and blank lines skipped, markers (`@revoked`, `@cert-authority`)
+/// refused.
 pub fn parse_known_hosts(text: &str) -> Result<Vec<KnownHost>, SourceError> {
     use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
     let mut out = Vec::new();
     for (n, line) in text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
         let bad = |why: &str| SourceError::Ref(format!("known_hosts line {}: {why}", n + 1));
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 3 || f[0].starts_with('@') {
-            return Err(bad("not `<host>[,<host>] <key type> <base64>`"));
+            return Err(bad("not `<host>[,<host>] <key type> <base64>` (markers such as @revoked and @cert-authority are not supported)"));
         }
-        if f[0].starts_with('|') {
-            return Err(bad("hashed host names are not supported"));
-        }
-        let key = base64::engine::general_purpose::STANDARD.decode(f[2]).map_err(|_| bad("the key is not base64"))?;
-        out.push(KnownHost { hosts: f[0].split(',').map(str::to_string).collect(), key_type: f[1].to_string(), key });
+        let hosts = match f[0].strip_prefix("|1|") {
+            Some(hashed) => {
+                let not_hashed = || bad("a hashed host name is `|1|<base64 salt>|<base64 hash>`");
+                let (salt, hash) = hashed.split_once('|').ok_or_else(not_hashed)?;
+                let (salt, hash) = (b64.decode(salt).map_err(|_| not_hashed())?, b64.decode(hash).map_err(|_| not_hashed())?);
+                if salt.is_empty() || hash.len() != 20 {
+                    return Err(not_hashed());
+                }
+                KnownHostNames::Hashed { salt, hash }
+            }
+            None if f[0].starts_with('|') => return Err(bad("only `|1|` hashed host names (HMAC-SHA1) are supported")),
+            None => KnownHostNames::Plain(f[0].split(',').map(str::to_string).collect()),
+        };
+        let key = b64.decode(f[2]).map_err(|_| bad("the key is not base64"))?;
+        out.push(KnownHost { hosts, key_type: f[1].to_string(), key });
     }
     Ok(out)
 }
@@ -172,7 +207,7 @@ pub fn fetch(state: &Path, src: &Source) -> Result<Fetched, SourceError> {
                     *host_key_error.borrow_mut() = Some(format!("{name} presented no SSH host key"));
                     return Err(git2::Error::from_str("no SSH host key"));
                 };
-                let ok = known_hosts.iter().any(|k| k.hosts.iter().any(|h| *h == name) && k.key == presented);
+                let ok = known_hosts.iter().any(|k| k.matches(&name) && k.key == presented);
                 if ok {
                     Ok(git2::CertificateCheckStatus::CertificateOk)
                 } else {
@@ -288,9 +323,28 @@ mod ssh_tests {
         assert_eq!(known_host_name("ssh://git@10.77.0.1:2222/r").as_deref(), Some("[10.77.0.1]:2222"));
         assert_eq!(known_host_name("https://example.com/r"), None);
         let k = parse_known_hosts("# c\n\nexample.com,10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGMU76NDlZG/brxJsc9wgRP0+5regiomyVcEyjEqmGvH\n").unwrap();
-        assert_eq!(k[0].hosts, ["example.com", "10.0.0.1"]);
+        assert_eq!(k[0].hosts, KnownHostNames::Plain(vec!["example.com".into(), "10.0.0.1".into()]));
+        assert!(k[0].matches("10.0.0.1") && !k[0].matches("example.org"));
         assert_eq!(k[0].key.len(), 51);
-        assert!(parse_known_hosts("|1|salt|hash ssh-ed25519 AAAA").unwrap_err().to_string().contains("line 1: hashed"));
-        assert!(parse_known_hosts("@revoked * ssh-ed25519 AAAA").is_err());
+        assert!(parse_known_hosts("|1|salt|hash ssh-ed25519 AAAA").unwrap_err().to_string().contains("line 1: a hashed host name is"));
+        assert!(parse_known_hosts("|2|c2FsdA==|aGFzaA== ssh-ed25519 AAAA").unwrap_err().to_string().contains("only `|1|`"));
+        assert!(parse_known_hosts("@revoked * ssh-ed25519 AAAA").unwrap_err().to_string().contains("markers"));
+        assert!(parse_known_hosts("@cert-authority * ssh-ed25519 AAAA").is_err());
+    }
+
+    #[test]
+    fn hashed_known_hosts_match_their_host_only() {
+        // `ssh-keygen -H` of "[127.0.0.1]:2222 …" and "example.com …".
+        let k = parse_known_hosts(
+            "|1|vWkaRunjPyQ1OmxyTIzFahCWHmM=|Yheb+906FNPn5JuPfrQpCz0nyuQ= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG15FYnQjhd5RNObrvsouFiUDvpIR5TyLaSLdpwP2uno\n\
+             |1|l0EMMaPHIlquY3AeXAJ4s0kDbpI=|ObyAIjzq7KagomubjX9FykEAtZI= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG15FYnQjhd5RNObrvsouFiUDvpIR5TyLaSLdpwP2uno\n",
+        )
+        .unwrap();
+        assert!(matches!(k[0].hosts, KnownHostNames::Hashed { .. }));
+        assert_eq!(k[0].key_type, "ssh-ed25519");
+        assert!(k[0].matches("[127.0.0.1]:2222"));
+        assert!(!k[0].matches("127.0.0.1") && !k[0].matches("[127.0.0.1]:2223") && !k[0].matches("example.com"));
+        assert!(k[1].matches(&known_host_name("ssh://git@example.com/org/repo.git").unwrap()));
+        assert!(!k[1].matches("example.org"));
     }
 }

@@ -1,7 +1,8 @@
 //! gitops over ssh://: Debian's sshd, started by the test on loopback with its own host key,
 //! serves a repository made with the git CLI to the deploy key `kapp gen cluster` makes
 //! (kapp_bootstrap::sshkey); gitops applies it. A host presenting a key that is not in the
-//! given known_hosts is refused before any credential is sent, and nothing changes.
+//! given known_hosts is refused before any credential is sent, and nothing changes; hashed
+//! known_hosts entries (`ssh-keygen -H`) match only the host they were written for.
 //! Root only (sshd logs in as root here); skipped without sshd (openssh-server).
 
 use std::net::TcpStream;
@@ -63,6 +64,16 @@ fn host_key(dir: &Path, name: &str) -> (PathBuf, String) {
     (path, format!("{} {}", f.next().unwrap(), f.next().unwrap()))
 }
 
+/// `known_hosts` text with `name`'s entry for `key` hashed by `ssh-keygen -H`.
+fn hashed(dir: &Path, name: &str, key: &str) -> String {
+    let path = dir.join(format!("known_hosts-{}", name.replace([':', '[', ']'], "_")));
+    std::fs::write(&path, format!("{name} {key}\n")).unwrap();
+    run(Command::new("ssh-keygen").arg("-H").arg("-f").arg(&path));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("|1|") && !text.contains(name), "{text}");
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repository_over_ssh_with_the_deploy_key_and_a_checked_host_key() {
     if !nix_is_root() || !Path::new(SSHD).exists() {
@@ -86,10 +97,11 @@ async fn a_repository_over_ssh_with_the_deploy_key_and_a_checked_host_key() {
 
     let cp = ControlPlane::start(dir.path(), 1).await;
     let cms: Api<ConfigMap> = Api::namespaced(cp.client("viewer", &[groups::VIEWERS]).await, "default");
+    let plain = |key: &str| format!("# the test's sshd\n[127.0.0.1]:{port} {key}\n");
     let source = |known: &str| Source {
         url: format!("ssh://root@127.0.0.1:{port}{}", repo.display()),
         git_ref: GitRef { branch: Some("main".into()), ..Default::default() },
-        auth: Auth::Ssh { key: deploy.private.clone(), known_hosts: parse_known_hosts(&format!("# the test's sshd\n[127.0.0.1]:{port} {known}\n")).unwrap() },
+        auth: Auth::Ssh { key: deploy.private.clone(), known_hosts: parse_known_hosts(known).unwrap() },
         timeout: Duration::from_secs(30),
         max_bytes: 64 << 20,
         trusted_keys: vec![],
@@ -97,14 +109,22 @@ async fn a_repository_over_ssh_with_the_deploy_key_and_a_checked_host_key() {
     let config = |known: &str, state: &str| GitopsConfig { name: "cluster".into(), source: source(known), path: String::new(), interval: Duration::from_millis(200), state_dir: dir.path().join(state) };
 
     // A host key nobody vouched for: refused, nothing applied.
-    let mut wrong = Gitops::new(cp.client("gitops", &[groups::GITOPS]).await, config(&other_pub, "state-wrong")).await;
-    let e = wrong.sync_once().await.unwrap_err().to_string();
-    assert!(e.contains(&format!("the host key of [127.0.0.1]:{port} is not one of the known hosts")), "{e}");
-    assert!(cms.get_opt("conf").await.unwrap().is_none());
+    // So is the right key hashed under another port's name.
+    let other_port = hashed(dir.path(), &format!("[127.0.0.1]:{}", port + 1), &host_pub);
+    for (known, state) in [(plain(&other_pub), "state-wrong"), (other_port, "state-other-port")] {
+        let mut wrong = Gitops::new(cp.client("gitops", &[groups::GITOPS]).await, config(&known, state)).await;
+        let e = wrong.sync_once().await.unwrap_err().to_string();
+        assert!(e.contains(&format!("the host key of [127.0.0.1]:{port} is not one of the known hosts")), "{state}: {e}");
+        assert!(cms.get_opt("conf").await.unwrap().is_none());
+    }
 
-    let mut g = Gitops::new(cp.client("gitops", &[groups::GITOPS]).await, config(&host_pub, "state")).await;
+    // The host's key under its hashed name: applied.
+    let mut g = Gitops::new(cp.client("gitops", &[groups::GITOPS]).await, config(&hashed(dir.path(), &format!("[127.0.0.1]:{port}"), &host_pub), "state-hashed")).await;
     g.sync_once().await.unwrap();
     assert_eq!(cms.get("conf").await.unwrap().data.unwrap()["via"], "ssh");
+    // And under its plain name.
+    let mut g = Gitops::new(cp.client("gitops", &[groups::GITOPS]).await, config(&plain(&host_pub), "state")).await;
+    g.sync_once().await.unwrap();
     // Stopped before the process exits: RocksDB's threads must not outlive its statics.
     cp.shutdown().await;
 }
