@@ -199,8 +199,9 @@ pub struct Git {
     /// required for `ssh://`: the host's key must be one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_hosts: Vec<String>,
-    /// When set, only commits signed (SSH signatures, git's `gpg.format=ssh`) by one of these
-    /// keys (`authorized_keys` lines) are applied.
+    /// When set, only commits signed by one of these keys are applied: `authorized_keys`
+    /// lines for SSH signatures (git's `gpg.format=ssh`), or ASCII-armored OpenPGP public
+    /// key blocks (`gpg --armor --export`, one key per item) for GnuPG signatures.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
 }
@@ -424,8 +425,10 @@ impl MachineConfig {
             }
         }
         for (i, line) in g.known_hosts.iter().enumerate() {
-            if line.split_whitespace().count() < 3 || line.starts_with('|') {
-                return err(format!("head.git.knownHosts[{i}]"), format!("{line:?} is not a known_hosts line `<host>[,<host>] <key type> <base64>` (hashed host names are not supported)"));
+            let hosts = line.split_whitespace().next().unwrap_or("");
+            let hashed_ok = hosts.strip_prefix("|1|").and_then(|h| h.split_once('|')).is_some_and(|(salt, hash)| is_base64(salt) && is_base64(hash));
+            if line.split_whitespace().count() < 3 || hosts.starts_with('@') || (hosts.starts_with('|') && !hashed_ok) {
+                return err(format!("head.git.knownHosts[{i}]"), format!("{line:?} is not a known_hosts line `<host>[,<host>] <key type> <base64>` or `|1|<salt>|<hash> <key type> <base64>` (markers are not supported)"));
             }
         }
         if g.interval_seconds == 0 {
@@ -435,11 +438,17 @@ impl MachineConfig {
             return err("head.git.branch", "empty (leave it out to follow the repository's HEAD)");
         }
         for (i, k) in g.trusted_keys.iter().enumerate() {
+            if k.trim_start().starts_with(PGP_KEY_BEGIN) {
+                if let Err(why) = armored_key(k) {
+                    return err(format!("head.git.trustedKeys[{i}]"), format!("an OpenPGP public key block that {why}"));
+                }
+                continue;
+            }
             let mut parts = k.split_whitespace();
             let kind = parts.next().unwrap_or("");
             let data_ok = parts.next().is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c)));
             if !["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256"].contains(&kind) || !data_ok {
-                return err(format!("head.git.trustedKeys[{i}]"), format!("{k:?} is not an authorized_keys line of an ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256 key"));
+                return err(format!("head.git.trustedKeys[{i}]"), format!("{k:?} is not an authorized_keys line of an ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256 key, nor an ASCII-armored OpenPGP public key block"));
             }
         }
         Ok(())
@@ -475,6 +484,29 @@ impl MachineConfig {
         }
         files
     }
+}
+
+const PGP_KEY_BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+
+/// Whether `text` is shaped as one ASCII-armored OpenPGP public key (`gpg --armor --export`):
+/// the BEGIN and END lines, base64 between them. gitops parses the packets when it starts.
+fn armored_key(text: &str) -> Result<(), &'static str> {
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let Some(end) = lines.iter().position(|l| *l == "-----END PGP PUBLIC KEY BLOCK-----") else { return Err("has no END line") };
+    if lines[end + 1..].iter().any(|l| !l.starts_with('#')) {
+        return Err("is followed by more text: give each key its own item");
+    }
+    let body: String = lines[1..end].iter().filter(|l| !l.contains(':') && !l.starts_with('=')).copied().collect();
+    if !is_base64(&body) {
+        return Err("does not hold base64 data");
+    }
+    Ok(())
+}
+
+/// Whether `s` is non-empty standard base64.
+fn is_base64(s: &str) -> bool {
+    use base64::Engine;
+    !s.is_empty() && base64::engine::general_purpose::STANDARD.decode(s).is_ok()
 }
 
 fn certs(field: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {

@@ -174,8 +174,11 @@ fn each_rule_is_refused_naming_its_field() {
         ("git url", &head, Box::new(|c| c.head.as_mut().unwrap().git.url = "ftp://x".into()), "head.git.url", "is not a file://"),
         ("ssh without a key", &head, Box::new(|c| c.head.as_mut().unwrap().git.url = "ssh://git@host/repo".into()), "head.git.sshKey", "needs the deploy key"),
         ("ssh without known hosts", &head, Box::new(|c| { let g = &mut c.head.as_mut().unwrap().git; g.url = "ssh://git@host/repo".into(); g.ssh_key = Some("-----BEGIN OPENSSH PRIVATE KEY-----".into()); }), "head.git.knownHosts", "needs the git host's keys"),
-        ("hashed known host", &head, Box::new(|c| c.head.as_mut().unwrap().git.known_hosts = vec!["|1|abc= ssh-ed25519 AAAA".into()]), "head.git.knownHosts[0]", "hashed host names"),
+        ("hashed known host without its hash", &head, Box::new(|c| c.head.as_mut().unwrap().git.known_hosts = vec!["|1|YWJj ssh-ed25519 AAAA".into()]), "head.git.knownHosts[0]", "`|1|<salt>|<hash> <key type> <base64>`"),
+        ("known host marker", &head, Box::new(|c| c.head.as_mut().unwrap().git.known_hosts = vec!["example.com ssh-ed25519 AAAA".into(), "@revoked * ssh-ed25519 AAAA".into()]), "head.git.knownHosts[1]", "markers are not supported"),
         ("trusted key", &head, Box::new(|c| c.head.as_mut().unwrap().git.trusted_keys = vec!["ssh-ed25519 AAAAC3Nz ops".into(), "ssh-dss AAAA".into()]), "head.git.trustedKeys[1]", "is not an authorized_keys line"),
+        ("armored key cut short", &head, Box::new(|c| c.head.as_mut().unwrap().git.trusted_keys = vec!["-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ\n".into()]), "head.git.trustedKeys[0]", "an OpenPGP public key block that has no END line"),
+        ("armored key not base64", &head, Box::new(|c| c.head.as_mut().unwrap().git.trusted_keys = vec!["-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64!\n-----END PGP PUBLIC KEY BLOCK-----\n".into()]), "head.git.trustedKeys[0]", "does not hold base64"),
         ("taint effect", &worker, Box::new(|c| c.node.taints = vec![kapp_bootstrap::machine::Taint { key: "a".into(), value: String::new(), effect: "Never".into() }]), "node.taints[0].effect", "is not NoSchedule"),
         ("label", &worker, Box::new(|c| { c.node.labels.insert("a".into(), "not valid!".into()); }), "node.labels[a]", "is not a valid label"),
     ];
@@ -188,6 +191,13 @@ fn each_rule_is_refused_naming_its_field() {
         // The same through YAML.
         assert_eq!(MachineConfig::parse(&c.to_yaml()).unwrap_err(), e, "{what}");
     }
+    // Hashed known_hosts entries (`ssh-keygen -H`) and armored OpenPGP keys are accepted.
+    let mut c = head.clone();
+    let g = &mut c.head.as_mut().unwrap().git;
+    g.known_hosts = vec!["|1|vWkaRunjPyQ1OmxyTIzFahCWHmM=|Yheb+906FNPn5JuPfrQpCz0nyuQ= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG15FYnQjhd5RNObrvsouFiUDvpIR5TyLaSLdpwP2uno".into()];
+    g.trusted_keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG15FYnQjhd5RNObrvsouFiUDvpIR5TyLaSLdpwP2uno ops".into(), "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0000BYJKwYBBAHaRw8BAQdA\n=AbCd\n-----END PGP PUBLIC KEY BLOCK-----\n".into()];
+    c.validate().unwrap();
+    assert_eq!(MachineConfig::parse(&c.to_yaml()).unwrap(), c, "a multi-line key survives YAML");
     // Unknown fields and wrong types: serde's path.
     let yaml = worker.to_yaml();
     let e = MachineConfig::parse(&yaml.replace("network:\n", "network:\n  mtu: 9000\n")).unwrap_err();

@@ -7,9 +7,11 @@
 //! - `reconcile`: the loop — fetch, render (`kapp-render`), validate, diff, then ONE Apply
 //!   request, which the apiserver writes in one store transaction with the GitSync status.
 //! - `webhook`: HMAC-verified push notifications that trigger an immediate fetch.
+//! - `trust`, `openpgp`: signed commits (SSH and OpenPGP signatures) checked with ring.
 //!
 //! gitops knows the apiserver's REST API and nothing of the store.
 
+pub mod openpgp;
 pub mod plan;
 pub mod reconcile;
 pub mod source;

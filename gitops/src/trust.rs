@@ -1,8 +1,10 @@
 //! Signed commits: when the cluster names trusted keys, gitops applies only commits signed
-//! by one of them (git's `gpg.format=ssh` signatures: OpenSSH's SSHSIG, namespace `git`).
-//! Keys are `authorized_keys` lines (`ssh-ed25519 AAAA… comment`); ed25519, RSA
-//! (`rsa-sha2-256`/`rsa-sha2-512`) and ECDSA P-256 signatures are checked with ring.
-//! OpenPGP (GPG) signatures are recognised and refused with that reason: not supported yet.
+//! by one of them. Two kinds, both checked with ring:
+//! - git's `gpg.format=ssh` signatures (OpenSSH's SSHSIG, namespace `git`) by keys given as
+//!   `authorized_keys` lines (`ssh-ed25519 AAAA… comment`): ed25519, RSA
+//!   (`rsa-sha2-256`/`rsa-sha2-512`) and ECDSA P-256;
+//! - OpenPGP (GnuPG) signatures by keys given as ASCII-armored public key blocks
+//!   (`gpg --armor --export`), checked by `crate::openpgp`.
 
 use base64::Engine;
 use ring::signature;
@@ -10,10 +12,16 @@ use ring::signature;
 /// A key commits may be signed with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustedKey {
-    /// The key's wire blob (what SSHSIG embeds).
-    blob: Vec<u8>,
-    /// `ssh-ed25519 SHA256:… comment`, for messages.
+    kind: KeyKind,
+    /// `ssh-ed25519 SHA256:… comment` or `OpenPGP <fingerprint> <user ID>`, for messages.
     pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KeyKind {
+    /// The key's wire blob (what SSHSIG embeds).
+    Ssh(Vec<u8>),
+    OpenPgp(Box<crate::openpgp::Cert>),
 }
 
 /// Why a trusted key does not parse, or why a commit is not trusted.
@@ -23,8 +31,10 @@ pub enum TrustError {
     BadKey { index: usize, reason: String },
     #[error("not signed")]
     Unsigned,
-    #[error("signed with GPG (OpenPGP); only SSH signatures (git's gpg.format=ssh) are checked")]
-    Gpg,
+    #[error("the signature uses {0}, which is not supported")]
+    Unsupported(String),
+    #[error("the signature by {key} is not valid: {why}")]
+    Invalid { key: String, why: String },
     #[error("the signature does not parse: {0}")]
     Malformed(String),
     #[error("signed by {0}, which is not a trusted key")]
@@ -33,11 +43,33 @@ pub enum TrustError {
     BadSignature(String),
 }
 
-/// Parse `authorized_keys`-style lines (blank lines and `#` comments skipped).
+/// The line that starts an ASCII-armored OpenPGP public key.
+pub const PGP_KEY_BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+const PGP_KEY_END: &str = "-----END PGP PUBLIC KEY BLOCK-----";
+
+/// Parse `authorized_keys`-style lines and ASCII-armored OpenPGP public key blocks (blank
+/// lines and `#` comments between them skipped). An item may hold several lines (a
+/// machine config's armored key); `index` in errors counts lines from 0, the line an entry
+/// starts on.
 pub fn parse_keys<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Vec<TrustedKey>, TrustError> {
     let mut out = Vec::new();
-    for (index, line) in lines.into_iter().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
+    let mut lines = lines.into_iter().flat_map(str::lines).map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    while let Some((index, line)) = lines.next() {
         let bad = |reason: &str| TrustError::BadKey { index, reason: reason.into() };
+        if line == PGP_KEY_BEGIN {
+            let mut block = vec![line];
+            for (_, l) in lines.by_ref() {
+                block.push(l);
+                if l == PGP_KEY_END {
+                    break;
+                }
+            }
+            // The blank line after the armor headers was filtered out; dearmoring needs none.
+            for cert in crate::openpgp::Cert::from_armor(&block.join("\n")).map_err(|e| bad(&e))? {
+                out.push(TrustedKey { name: cert.name(), kind: KeyKind::OpenPgp(Box::new(cert)) });
+            }
+            continue;
+        }
         let mut parts = line.split_whitespace();
         let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else { return Err(bad("not `<type> <base64> [comment]`")) };
         let blob = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| bad("the key is not base64"))?;
@@ -49,7 +81,7 @@ pub fn parse_keys<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Vec<Tr
             return Err(bad(&format!("{kind} keys are not supported (ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256 are)")));
         }
         let comment = parts.collect::<Vec<_>>().join(" ");
-        out.push(TrustedKey { name: format!("{kind} {} {comment}", fingerprint(&blob)).trim_end().to_string(), blob });
+        out.push(TrustedKey { name: format!("{kind} {} {comment}", fingerprint(&blob)).trim_end().to_string(), kind: KeyKind::Ssh(blob) });
     }
     Ok(out)
 }
@@ -78,7 +110,12 @@ fn put_string(out: &mut Vec<u8>, s: &[u8]) {
 pub fn verify(signature: &[u8], signed: &[u8], keys: &[TrustedKey]) -> Result<String, TrustError> {
     let text = std::str::from_utf8(signature).map_err(|_| TrustError::Malformed("not text".into()))?;
     if text.contains("-----BEGIN PGP SIGNATURE-----") {
-        return Err(TrustError::Gpg);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let certs = keys.iter().filter_map(|k| match &k.kind {
+            KeyKind::OpenPgp(c) => Some(c.as_ref()),
+            KeyKind::Ssh(_) => None,
+        });
+        return crate::openpgp::verify(text, signed, certs, now);
     }
     let body: String = text
         .lines()
@@ -109,7 +146,7 @@ pub fn verify(signature: &[u8], signed: &[u8], keys: &[TrustedKey]) -> Result<St
     if namespace != b"git" {
         return Err(malformed(&format!("namespace {:?} is not \"git\"", String::from_utf8_lossy(namespace))));
     }
-    let Some(trusted) = keys.iter().find(|k| k.blob == key) else {
+    let Some(trusted) = keys.iter().find(|k| matches!(&k.kind, KeyKind::Ssh(b) if b == key)) else {
         let mut kr = key;
         let kind = read_string(&mut kr).map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
         return Err(TrustError::UnknownKey(format!("{kind} {}", fingerprint(key))));
@@ -198,9 +235,11 @@ mod tests {
     }
 
     #[test]
-    fn gpg_and_garbage_are_refused_with_a_reason() {
+    fn garbage_is_refused_with_a_reason() {
         let gpg = b"-----BEGIN PGP SIGNATURE-----\n\niQEz\n-----END PGP SIGNATURE-----\n";
-        assert_eq!(verify(gpg, b"tree x", &[]), Err(TrustError::Gpg));
+        assert!(matches!(verify(gpg, b"tree x", &[]), Err(TrustError::Malformed(_))));
+        let cut_key = format!("{PGP_KEY_BEGIN}\n\nmQ==\n");
+        assert!(matches!(parse_keys([cut_key.as_str()]), Err(TrustError::BadKey { index: 0, .. })));
         assert!(matches!(verify(b"hello", b"tree x", &[]), Err(TrustError::Malformed(_))));
         let wrong_magic = format!("-----BEGIN SSH SIGNATURE-----\n{}\n-----END SSH SIGNATURE-----\n", base64::engine::general_purpose::STANDARD.encode(b"NOTSIG\0\0\0\x01"));
         assert!(matches!(verify(wrong_magic.as_bytes(), b"tree x", &[]), Err(TrustError::Malformed(_))));

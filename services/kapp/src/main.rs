@@ -405,10 +405,12 @@ struct GitopsArgs {
     /// The deploy key (OpenSSH private key file) for an ssh:// repository.
     #[arg(long, requires = "known_hosts")]
     ssh_key_file: Option<PathBuf>,
-    /// The git host's keys, `known_hosts` lines: an ssh:// host must present one of them.
+    /// The git host's keys, `known_hosts` lines (hashed ones too): an ssh:// host must present
+    /// one of them.
     #[arg(long)]
     known_hosts: Option<PathBuf>,
-    /// Apply only commits signed by a key in this file (`authorized_keys` lines).
+    /// Apply only commits signed by a key in this file: `authorized_keys` lines (SSH
+    /// signatures) and ASCII-armored OpenPGP public key blocks (`gpg --armor --export`).
     #[arg(long)]
     trusted_keys: Option<PathBuf>,
     /// Seconds between polls.
