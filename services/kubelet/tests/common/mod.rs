@@ -35,13 +35,13 @@ fn have(cmd: &str) -> bool {
 
 /// Install Debian packages the tests need when missing (tests/install-deps.sh should have).
 pub fn ensure_packages() {
-    let mut missing = Vec::new();
-    if !have("docker-registry") {
-        missing.push("docker-registry");
-    }
-    if !Path::new("/bin/busybox").exists() {
-        missing.push("busybox-static");
-    }
+    install_missing(&[("docker-registry", "docker-registry"), ("/bin/busybox", "busybox-static")]);
+}
+
+/// apt-get install the package of every `(command or absolute path, package)` that is
+/// missing; panics if that fails. The packages belong in tests/install-deps.sh too.
+pub fn install_missing(wanted: &[(&str, &str)]) {
+    let missing: Vec<&str> = wanted.iter().filter(|(what, _)| if what.starts_with('/') { !Path::new(what).exists() } else { !have(what) }).map(|(_, package)| *package).collect();
     if missing.is_empty() {
         return;
     }
@@ -306,6 +306,14 @@ impl Node {
 
     /// With registry credentials (anonymous pulls refused).
     pub async fn start_with(tag: &str, credentials: Option<(&str, &str)>, tweak: impl FnOnce(&mut kapp_kubelet::Config)) -> Node {
+        let mut node = Node::without_kubelet(tag, credentials, tweak).await;
+        node.kubelet = Some(kapp_kubelet::Kubelet::start(node.cfg.clone()).await.expect("kubelet starts"));
+        node
+    }
+
+    /// Everything but the kubelet, whose configuration is `cfg` (a benchmark runs it as a
+    /// process of its own).
+    pub async fn without_kubelet(tag: &str, credentials: Option<(&str, &str)>, tweak: impl FnOnce(&mut kapp_kubelet::Config)) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::start_with(credentials).await;
         registry.push("test/busybox", "1", &busybox_image(false)).await;
@@ -324,10 +332,9 @@ impl Node {
         cfg.registry.insecure = vec![registry.addr.to_string()];
         cfg.listen = Some("127.0.0.1:0".parse().unwrap());
         tweak(&mut cfg);
-        let kubelet = kapp_kubelet::Kubelet::start(cfg.clone()).await.expect("kubelet starts");
         let viewer = cp.identity("viewer", &[groups::VIEWERS]);
         let image = format!("{}/test/busybox:1", registry.addr);
-        Node { cp: Some(cp), kubelet: Some(kubelet), registry, netns, client, image, state_dir, cfg, viewer, _dir: dir }
+        Node { cp: Some(cp), kubelet: None, registry, netns, client, image, state_dir, cfg, viewer, _dir: dir }
     }
 
     pub fn pods(&self) -> Api<Pod> {
