@@ -7,11 +7,14 @@
 //! - `reconcile`: the loop — fetch, render (`kapp-render`), validate, diff, then ONE Apply
 //!   request, which the apiserver writes in one store transaction with the GitSync status.
 //! - `webhook`: HMAC-verified push notifications that trigger an immediate fetch.
+//! - `secrets`: age-encrypted Secret values decrypted with the cluster's key (whole `*.age`
+//!   files are decrypted by `kapp-render` as it reads them).
 //!
 //! gitops knows the apiserver's REST API and nothing of the store.
 
 pub mod plan;
 pub mod reconcile;
+pub mod secrets;
 pub mod source;
 pub mod trust;
 pub mod webhook;

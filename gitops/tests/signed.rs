@@ -118,6 +118,7 @@ async fn only_commits_signed_by_a_trusted_key_are_applied() {
         path: String::new(),
         interval: Duration::from_millis(200),
         state_dir: dir.path().join("state"),
+        identities: Vec::new(),
     };
     let mut g = Gitops::new(cp.client("gitops", &[groups::GITOPS]).await, cfg).await;
     let viewer = cp.client("viewer", &[groups::VIEWERS]).await;

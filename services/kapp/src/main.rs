@@ -411,6 +411,10 @@ struct GitopsArgs {
     /// Apply only commits signed by a key in this file (`authorized_keys` lines).
     #[arg(long)]
     trusted_keys: Option<PathBuf>,
+    /// The cluster's age key file (`AGE-SECRET-KEY-1...` lines, as age-keygen writes): `*.age`
+    /// files and age-armored Secret values are decrypted with it.
+    #[arg(long)]
+    decryption_key: Option<PathBuf>,
     /// Seconds between polls.
     #[arg(long, default_value_t = 15)]
     interval: u64,
@@ -735,7 +739,14 @@ async fn run_gitops(a: GitopsArgs) -> Result<()> {
         },
     };
     std::fs::create_dir_all(&a.state_dir).with_context(|| format!("create {}", a.state_dir.display()))?;
-    let cfg = kapp_gitops::GitopsConfig { name: a.name.clone(), source, path: a.path.clone(), interval: Duration::from_secs(a.interval.max(1)), state_dir: a.state_dir.clone() };
+    let identities = match &a.decryption_key {
+        None => vec![],
+        Some(p) => kapp_age::parse_identities(&read(p)?).with_context(|| format!("--decryption-key {}", p.display()))?,
+    };
+    if let Some(id) = identities.first() {
+        println!("kapp gitops decrypts secrets for age recipient {}", id.to_recipient());
+    }
+    let cfg = kapp_gitops::GitopsConfig { name: a.name.clone(), source, path: a.path.clone(), interval: Duration::from_secs(a.interval.max(1)), state_dir: a.state_dir.clone(), identities };
     let webhook = match (&a.webhook_listen, &a.webhook_secret_file) {
         (Some(addr), Some(f)) => {
             let secret = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
