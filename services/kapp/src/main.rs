@@ -325,6 +325,7 @@ fn gen_cluster(a: ClusterArgs) -> Result<()> {
     }
     println!("wrote {} (read-only, {}) and {} (the CA key: keep it offline)", kubeconfig.display(), g.server, a.out.join("pki").display());
     println!("deploy key (give it read access to the repository; used for ssh:// URLs):\n{}", g.deploy_key);
+    println!("age recipient (commit Secrets encrypted with `age -r $(cat {}/age-recipient)`):\n{}", a.out.display(), g.age_recipient);
     Ok(())
 }
 
