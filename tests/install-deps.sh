@@ -3,7 +3,8 @@
 set -euo pipefail
 # nftables, conntrack, iproute2: the proxy's namespace tests; bind9-dnsutils (dig): the DNS tests.
 # runc, crun: the kubelet benchmark's peers. dosfstools: the boot-assessment test makes a real FAT ESP; openssh-client: ssh-keygen signs commits; openssh-server: sshd serves git over ssh://; gnupg: gpg signs commits.
-need=(libclang-dev libseccomp-dev clang pkg-config git ca-certificates libssl-dev nftables conntrack iproute2 bind9-dnsutils docker-registry busybox-static runc crun dosfstools openssh-client openssh-server gnupg)
+# age: kapp-age and gitops interoperate with the real age CLI.
+need=(libclang-dev libseccomp-dev clang pkg-config git ca-certificates libssl-dev nftables conntrack iproute2 bind9-dnsutils docker-registry busybox-static runc crun dosfstools openssh-client openssh-server gnupg age)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -49,6 +49,9 @@ pub struct Generated {
     pub server: String,
     /// The deploy key's public half (`<out>/deploy-key.pub`), for the git host.
     pub deploy_key: String,
+    /// The cluster's age recipient (`<out>/age-recipient`): Secrets encrypted to it
+    /// (`age -r`) are decrypted by the heads' gitops.
+    pub age_recipient: kapp_age::Recipient,
 }
 
 fn identity(pem: Pem) -> Identity {
@@ -100,6 +103,8 @@ pub fn gen_cluster(spec: &ClusterSpec, out: &Path) -> Result<Generated, GenError
     // The deploy key: given to the heads for an ssh:// repository, its public half to the
     // git host (read-only access is all gitops needs).
     let deploy = crate::sshkey::ed25519(&format!("kapp-deploy@{}", spec.name)).map_err(|_| GenError::Invalid("no randomness for the deploy key".into()))?;
+    // The cluster's age key: every head decrypts the repository's encrypted Secrets with it.
+    let age = kapp_age::Identity::generate();
     let ssh = spec.git_url.starts_with("ssh://");
     let shared = [("scheduler", groups::SCHEDULER), ("controllers", groups::CONTROLLERS), ("gitops", groups::GITOPS)]
         .map(|(cn, group)| ca.issue(cn, &[group], &[]).map(identity));
@@ -129,7 +134,7 @@ pub fn gen_cluster(spec: &ClusterSpec, out: &Path) -> Result<Generated, GenError
                 controllers: controllers.clone(),
                 gitops: gitops.clone(),
                 secret_key: secret_key.clone(),
-                git: Git { url: spec.git_url.clone(), branch: spec.git_branch.clone(), path: spec.git_path.clone(), interval_seconds: 15, token: None, ssh_key: ssh.then(|| deploy.private.clone()), known_hosts: spec.git_known_hosts.clone(), trusted_keys: vec![] },
+                git: Git { url: spec.git_url.clone(), branch: spec.git_branch.clone(), path: spec.git_path.clone(), interval_seconds: 15, token: None, ssh_key: ssh.then(|| deploy.private.clone()), known_hosts: spec.git_known_hosts.clone(), trusted_keys: vec![], decryption_key: Some(age.to_secret_string()) },
             }),
         };
         let taints = if role == Role::Head && spec.head_taint {
@@ -157,5 +162,7 @@ pub fn gen_cluster(spec: &ClusterSpec, out: &Path) -> Result<Generated, GenError
     }
     write_private(&out.join("deploy-key"), deploy.private.as_bytes())?;
     std::fs::write(out.join("deploy-key.pub"), format!("{}\n", deploy.public)).map_err(|source| GenError::Io { path: out.join("deploy-key.pub"), source })?;
-    Ok(Generated { configs, viewer, server: format!("https://{}:{}", spec.heads[0].1, machine::APISERVER_PORT), deploy_key: deploy.public })
+    let recipient = out.join("age-recipient");
+    std::fs::write(&recipient, format!("{}\n", age.to_recipient())).map_err(|source| GenError::Io { path: recipient, source })?;
+    Ok(Generated { configs, viewer, server: format!("https://{}:{}", spec.heads[0].1, machine::APISERVER_PORT), deploy_key: deploy.public, age_recipient: age.to_recipient() })
 }

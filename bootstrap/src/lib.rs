@@ -103,6 +103,30 @@ pub fn gen_secret_key(path: &Path) -> Result<(), GenError> {
     })
 }
 
+/// A new age key file at `path` (as `age-keygen` writes it, owner-only), for the cluster's
+/// encrypted Secrets; returns its recipient. Refuses to overwrite.
+pub fn gen_age_key(path: &Path) -> Result<kapp_age::Recipient, GenError> {
+    let id = kapp_age::Identity::generate();
+    let r = id.to_recipient();
+    write_private(path, age_key_file(&id).as_bytes()).map_err(|e| match e {
+        GenError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => GenError::Exists { path: path.to_path_buf() },
+        e => e,
+    })?;
+    Ok(r)
+}
+
+/// An age key file's text: a comment naming the recipient, then the key.
+pub fn age_key_file(id: &kapp_age::Identity) -> String {
+    format!("# kapp cluster age key: encrypt with age -r {}\n{}\n", id.to_recipient(), id.to_secret_string())
+}
+
+/// The recipient of the age key file at `path`.
+pub fn age_recipient(path: &Path) -> Result<kapp_age::Recipient, GenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| GenError::Io { path: path.to_path_buf(), source })?;
+    let ids = kapp_age::parse_identities(&text).map_err(|e| GenError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(ids[0].to_recipient())
+}
+
 /// A new Secret-sealing key: 32 random bytes as 64 hex characters.
 fn secret_key_hex() -> Result<String, std::io::Error> {
     let mut key = [0u8; 32];

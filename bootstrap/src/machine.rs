@@ -204,6 +204,10 @@ pub struct Git {
     /// key blocks (`gpg --armor --export`, one key per item) for GnuPG signatures.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
+    /// The cluster's age key (`AGE-SECRET-KEY-1...`): `*.age` files and age-armored Secret
+    /// values in the repository are decrypted with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption_key: Option<String>,
 }
 
 fn default_interval() -> u64 {
@@ -212,7 +216,7 @@ fn default_interval() -> u64 {
 
 impl std::fmt::Debug for Git {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Git").field("url", &self.url).field("branch", &self.branch).field("path", &self.path).field("token", &self.token.as_ref().map(|_| "[elided]")).field("ssh_key", &self.ssh_key.as_ref().map(|_| "[elided]")).finish()
+        f.debug_struct("Git").field("url", &self.url).field("branch", &self.branch).field("path", &self.path).field("token", &self.token.as_ref().map(|_| "[elided]")).field("ssh_key", &self.ssh_key.as_ref().map(|_| "[elided]")).field("decryption_key", &self.decryption_key.as_ref().map(|_| "[elided]")).finish()
     }
 }
 
@@ -451,12 +455,18 @@ impl MachineConfig {
                 return err(format!("head.git.trustedKeys[{i}]"), format!("{k:?} is not an authorized_keys line of an ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256 key, nor an ASCII-armored OpenPGP public key block"));
             }
         }
+        if let Some(k) = &g.decryption_key {
+            // The reason only: the key itself never goes into a message.
+            if let Err(e) = k.parse::<kapp_age::Identity>() {
+                return err("head.git.decryptionKey", e.to_string());
+            }
+        }
         Ok(())
     }
 
     /// The files a node keeps its identities in (file name, content, private): `ca.pem`,
     /// `<identity>.pem` and `.key` for `node` (and on heads `store`, `apiserver`, `scheduler`,
-    /// `controllers`, `gitops`), `secret.key` and `git-token` (heads).
+    /// `controllers`, `gitops`), `secret.key`, `git-token`, `git-decryption-key` (heads).
     pub fn identity_files(&self) -> Vec<(String, String, bool)> {
         let mut files = vec![("ca.pem".to_string(), self.cluster.ca.clone(), false)];
         let mut add = |name: &str, id: &Identity| {
@@ -480,6 +490,9 @@ impl MachineConfig {
             }
             if !h.git.trusted_keys.is_empty() {
                 files.push(("git-trusted-keys".into(), h.git.trusted_keys.join("\n") + "\n", false));
+            }
+            if let Some(k) = &h.git.decryption_key {
+                files.push(("git-decryption-key".into(), k.trim().to_string() + "\n", true));
             }
         }
         files

@@ -78,6 +78,15 @@ fn generated_configs_validate_and_their_identities_work() {
     // The Secret key is the cluster's: the same on every head.
     let keys: std::collections::BTreeSet<_> = g.configs[..3].iter().map(|p| load(p).head.unwrap().secret_key).collect();
     assert_eq!(keys.len(), 1);
+    // So is the age key; its recipient is written beside the configs.
+    let ages: std::collections::BTreeSet<_> = g.configs[..3].iter().map(|p| load(p).head.unwrap().git.decryption_key.unwrap()).collect();
+    assert_eq!(ages.len(), 1);
+    let id: kapp_age::Identity = ages.first().unwrap().parse().unwrap();
+    assert_eq!(id.to_recipient(), g.age_recipient);
+    assert_eq!(std::fs::read_to_string(out.join("age-recipient")).unwrap().trim(), g.age_recipient.to_string());
+    let files = load(&g.configs[0]).identity_files();
+    assert!(files.iter().any(|(n, text, private)| n == "git-decryption-key" && *private && text.trim() == id.to_secret_string()));
+    assert!(!format!("{:?}", load(&g.configs[0]).head.unwrap().git).contains(&id.to_secret_string()));
     // A real mTLS handshake between two heads' store identities over loopback.
     handshake(&ca, &load(&g.configs[0]).head.unwrap().store, &load(&g.configs[1]).head.unwrap().store);
     // Never over an existing cluster.
@@ -179,6 +188,9 @@ fn each_rule_is_refused_naming_its_field() {
         ("trusted key", &head, Box::new(|c| c.head.as_mut().unwrap().git.trusted_keys = vec!["ssh-ed25519 AAAAC3Nz ops".into(), "ssh-dss AAAA".into()]), "head.git.trustedKeys[1]", "is not an authorized_keys line"),
         ("armored key cut short", &head, Box::new(|c| c.head.as_mut().unwrap().git.trusted_keys = vec!["-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ\n".into()]), "head.git.trustedKeys[0]", "an OpenPGP public key block that has no END line"),
         ("armored key not base64", &head, Box::new(|c| c.head.as_mut().unwrap().git.trusted_keys = vec!["-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64!\n-----END PGP PUBLIC KEY BLOCK-----\n".into()]), "head.git.trustedKeys[0]", "does not hold base64"),
+        ("decryption key checksum", &head, Box::new(|c| { let g = &mut c.head.as_mut().unwrap().git; let k = g.decryption_key.as_mut().unwrap(); let last = if k.ends_with('Q') { "P" } else { "Q" }; k.replace_range(k.len() - 1.., last); }), "head.git.decryptionKey", "invalid checksum"),
+        ("decryption key is a recipient", &head, Box::new(|c| c.head.as_mut().unwrap().git.decryption_key = Some(kapp_age::Identity::generate().to_recipient().to_string())), "head.git.decryptionKey", "not an age secret key"),
+        ("decryption key garbage", &head, Box::new(|c| c.head.as_mut().unwrap().git.decryption_key = Some("AGE-SECRET-KEY-1".into())), "head.git.decryptionKey", "not an age secret key"),
         ("taint effect", &worker, Box::new(|c| c.node.taints = vec![kapp_bootstrap::machine::Taint { key: "a".into(), value: String::new(), effect: "Never".into() }]), "node.taints[0].effect", "is not NoSchedule"),
         ("label", &worker, Box::new(|c| { c.node.labels.insert("a".into(), "not valid!".into()); }), "node.labels[a]", "is not a valid label"),
     ];

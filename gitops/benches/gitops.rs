@@ -50,6 +50,7 @@ fn config(url: String, state: &Path, interval: Duration) -> GitopsConfig {
         path: String::new(),
         interval,
         state_dir: state.to_path_buf(),
+        identities: Vec::new(),
     }
 }
 

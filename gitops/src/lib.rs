@@ -8,12 +8,15 @@
 //!   request, which the apiserver writes in one store transaction with the GitSync status.
 //! - `webhook`: HMAC-verified push notifications that trigger an immediate fetch.
 //! - `trust`, `openpgp`: signed commits (SSH and OpenPGP signatures) checked with ring.
+//! - `secrets`: age-encrypted Secret values decrypted with the cluster's key (whole `*.age`
+//!   files are decrypted by `kapp-render` as it reads them).
 //!
 //! gitops knows the apiserver's REST API and nothing of the store.
 
 pub mod openpgp;
 pub mod plan;
 pub mod reconcile;
+pub mod secrets;
 pub mod source;
 pub mod trust;
 pub mod webhook;

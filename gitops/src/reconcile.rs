@@ -29,6 +29,9 @@ pub struct GitopsConfig {
     pub interval: Duration,
     /// Where the bare repository and the exported tree live.
     pub state_dir: PathBuf,
+    /// The cluster's age keys: `*.age` files and armored Secret values are decrypted with
+    /// them (in memory only). None: anything encrypted refuses the commit.
+    pub identities: Vec<kapp_age::Identity>,
 }
 
 /// Why one sync failed.
@@ -181,10 +184,20 @@ impl Gitops {
         if !root.is_dir() {
             return Ok(Err(vec![SyncError { file: self.cfg.path.clone(), reason: format!("path {:?} is not a directory in commit {}", self.cfg.path, fetched.commit.sha), ..Default::default() }]));
         }
-        let docs = tokio::task::spawn_blocking(move || kapp_render::render(&root)).await.map_err(|e| SyncFailure::Fetch(e.to_string()))?;
+        let identities = self.cfg.identities.clone();
+        let docs = tokio::task::spawn_blocking(move || {
+            let mut docs = kapp_render::render_with(&root, &kapp_render::Options { identities: identities.clone(), ..Default::default() })?;
+            let errors = crate::secrets::decrypt_values(&mut docs, &identities);
+            Ok::<_, kapp_render::RenderError>((docs, errors))
+        })
+        .await
+        .map_err(|e| SyncFailure::Fetch(e.to_string()))?;
         Ok(match docs {
+            Err(kapp_render::RenderError::NoKey { file }) => Err(vec![SyncError { file: file.to_string_lossy().into_owned(), reason: "encrypted with age and no decryption key is configured".into(), ..Default::default() }]),
+            Err(kapp_render::RenderError::Decrypt { file, source }) => Err(vec![SyncError { file: file.to_string_lossy().into_owned(), reason: format!("cannot decrypt: {source}"), ..Default::default() }]),
             Err(e) => Err(vec![SyncError { reason: e.to_string(), ..Default::default() }]),
-            Ok(docs) => plan::prepare(docs, &self.cfg.name).map(Arc::new),
+            Ok((_, errors)) if !errors.is_empty() => Err(errors),
+            Ok((docs, _)) => plan::prepare(docs, &self.cfg.name).map(Arc::new),
         })
     }
 

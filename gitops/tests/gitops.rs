@@ -50,6 +50,7 @@ fn config(url: String, state: PathBuf) -> GitopsConfig {
         path: String::new(),
         interval: Duration::from_millis(200),
         state_dir: state,
+        identities: Vec::new(),
     }
 }
 

@@ -127,6 +127,7 @@ impl Cluster {
             path: String::new(),
             interval: Duration::from_millis(200),
             state_dir: dir.join("state"),
+            identities: Vec::new(),
         };
         let g = Gitops::new(cp.client("gitops", &[groups::GITOPS]).await, cfg).await;
         let viewer = cp.client("viewer", &[groups::VIEWERS]).await;

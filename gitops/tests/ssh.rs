@@ -106,7 +106,7 @@ async fn a_repository_over_ssh_with_the_deploy_key_and_a_checked_host_key() {
         max_bytes: 64 << 20,
         trusted_keys: vec![],
     };
-    let config = |known: &str, state: &str| GitopsConfig { name: "cluster".into(), source: source(known), path: String::new(), interval: Duration::from_millis(200), state_dir: dir.path().join(state) };
+    let config = |known: &str, state: &str| GitopsConfig { name: "cluster".into(), source: source(known), path: String::new(), interval: Duration::from_millis(200), state_dir: dir.path().join(state), identities: Vec::new() };
 
     // A host key nobody vouched for: refused, nothing applied.
     // So is the right key hashed under another port's name.

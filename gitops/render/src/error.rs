@@ -23,6 +23,12 @@ pub enum RenderError {
     /// A kustomization that is malformed or asks for something impossible.
     #[error("{}: {reason}", file.display())]
     Kustomization { file: PathBuf, reason: String },
+    /// An age-encrypted file and no key to decrypt it with.
+    #[error("{}: encrypted with age and no decryption key is configured", file.display())]
+    NoKey { file: PathBuf },
+    /// An age-encrypted file that does not decrypt with the configured key.
+    #[error("{}: cannot decrypt: {source}", file.display())]
+    Decrypt { file: PathBuf, source: kapp_age::Error },
     /// A patch that does not apply.
     #[error("{}: patch {patch}: {reason}", file.display())]
     Patch { file: PathBuf, patch: usize, reason: String },

@@ -51,13 +51,16 @@ pub(crate) fn generate(
     // Every source is (key, bytes); literals are text.
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
     for env in g.envs.iter().chain(g.env.as_ref()) {
-        let text = repo.read_text(&repo.resolve(kfile, dir, env)?)?;
-        for line in text.lines() {
+        let path = repo.resolve(kfile, dir, env)?;
+        let text = repo.read_text(&path)?;
+        for (n, line) in text.lines().enumerate() {
             let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line.split_once('=').ok_or_else(|| err(format!("{env}: line {line:?} is not KEY=VALUE")))?;
+            // A decrypted file's lines are secret: only their number is shown.
+            let shown = if crate::repo::is_age(&path) { format!("line {}", n + 1) } else { format!("line {line:?}") };
+            let (k, v) = line.split_once('=').ok_or_else(|| err(format!("{env}: {shown} is not KEY=VALUE")))?;
             entries.push((k.to_string(), v.as_bytes().to_vec()));
         }
     }
@@ -68,7 +71,12 @@ pub(crate) fn generate(
     for file in &g.files {
         let (key, path) = match file.split_once('=') {
             Some((k, p)) => (k.to_string(), p),
-            None => (Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), file.as_str()),
+            None => {
+                let name = Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                // `tls.key.age` gives the key `tls.key`.
+                let key = name.strip_suffix(crate::repo::AGE_SUFFIX).filter(|k| !k.is_empty()).map_or(name.clone(), str::to_string);
+                (key, file.as_str())
+            }
         };
         entries.push((key, repo.read(&repo.resolve(kfile, dir, path)?)?));
     }

@@ -6,7 +6,8 @@
 //! under it (sorted by path, hidden entries skipped), document by document.
 //!
 //! Module map:
-//! - `repo`: confined, bounded reading ([`Limits`]; no path or symlink leaves the repository)
+//! - `repo`: confined, bounded reading ([`Limits`]; no path or symlink leaves the repository);
+//!   `*.age` files decrypted as they are read, standing in for the name without `.age`
 //! - `plain`: plain trees and document parsing (multi-document YAML, `kind: List`, identity checks)
 //! - `kustomization`: the kustomization file model; unsupported fields are errors
 //! - `kustomize`: the build — resources, generators, transformers in kustomize's order
@@ -69,6 +70,10 @@ pub struct Options {
     /// itself (then an overlay cannot use `../base`).
     pub repository: Option<PathBuf>,
     pub limits: Limits,
+    /// Keys for age-encrypted files: `x.yaml.age` renders as `x.yaml` would (a kustomization
+    /// may name either), decrypted in memory. With none, an encrypted file that is rendered
+    /// refuses the render.
+    pub identities: Vec<kapp_age::Identity>,
 }
 
 /// Render `root` with the default limits, confined to `root` itself.
@@ -78,7 +83,7 @@ pub fn render(root: &Path) -> Result<Vec<Document>, RenderError> {
 
 /// Render `root`, a directory inside `options.repository`.
 pub fn render_with(root: &Path, options: &Options) -> Result<Vec<Document>, RenderError> {
-    let repo = repo::Repo::new(root, options.repository.as_deref(), options.limits)?;
+    let repo = repo::Repo::new(root, options.repository.as_deref(), options.limits, options.identities.clone())?;
     let base = repo.base().to_path_buf();
     match kustomization::find(&base) {
         Some(kfile) => kustomize::render(&repo, &base, &kfile),

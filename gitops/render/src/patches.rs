@@ -79,7 +79,7 @@ pub(crate) fn patches(ctx: &Ctx, list: &mut Vec<Res>, patches: &[Patch]) -> Resu
 /// `patchesStrategicMerge`: file paths or inline patches.
 pub(crate) fn strategic_merge(ctx: &Ctx, list: &mut Vec<Res>, entries: &[String]) -> Result<(), RenderError> {
     for (n, entry) in entries.iter().enumerate() {
-        let text = if entry.contains('\n') || !ctx.dir.join(entry).exists() {
+        let text = if entry.contains('\n') || !(ctx.dir.join(entry).exists() || crate::repo::with_age(&ctx.dir.join(entry)).exists()) {
             entry.clone()
         } else {
             ctx.repo.read_text(&ctx.repo.resolve(ctx.kfile, ctx.dir, entry)?)?

@@ -49,9 +49,13 @@ fn collect(repo: &Repo, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Render
     Ok(())
 }
 
-/// A manifest file; kustomization files further down are not objects and are skipped.
+/// A manifest file (or one encrypted, `x.yaml.age`); kustomization files further down are
+/// not objects and are skipped.
 fn is_manifest(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if crate::repo::is_age(path) {
+        return is_manifest(Path::new(&name[..name.len() - crate::repo::AGE_SUFFIX.len()]));
+    }
     !crate::kustomization::FILE_NAMES.contains(&name) && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 

@@ -16,10 +16,26 @@ pub(crate) struct Repo {
     pub(crate) limits: Limits,
     read: Cell<u64>,
     files: Cell<usize>,
+    identities: Vec<kapp_age::Identity>,
+}
+
+/// The suffix of age-encrypted files.
+pub(crate) const AGE_SUFFIX: &str = ".age";
+
+/// Whether `path`'s name ends with `.age`.
+pub(crate) fn is_age(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() > AGE_SUFFIX.len() && n.ends_with(AGE_SUFFIX))
+}
+
+/// `path` with `.age` appended to its name.
+pub(crate) fn with_age(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(AGE_SUFFIX);
+    PathBuf::from(s)
 }
 
 impl Repo {
-    pub(crate) fn new(root: &Path, repository: Option<&Path>, limits: Limits) -> Result<Repo, RenderError> {
+    pub(crate) fn new(root: &Path, repository: Option<&Path>, limits: Limits, identities: Vec<kapp_age::Identity>) -> Result<Repo, RenderError> {
         let canon = |p: &Path| p.canonicalize().map_err(|source| RenderError::Io { file: p.to_path_buf(), source });
         let base = canon(root)?;
         let boundary = match repository {
@@ -29,7 +45,7 @@ impl Repo {
         if !base.starts_with(&boundary) {
             return Err(RenderError::Escapes { file: root.to_path_buf(), path: root.to_path_buf() });
         }
-        Ok(Repo { boundary, base, limits, read: Cell::new(0), files: Cell::new(0) })
+        Ok(Repo { boundary, base, limits, read: Cell::new(0), files: Cell::new(0), identities })
     }
 
     pub(crate) fn base(&self) -> &Path {
@@ -42,9 +58,13 @@ impl Repo {
     }
 
     /// Resolve `rel` against directory `dir` (canonical) and check it stays inside the
-    /// repository; `from` is the file that names it, for messages.
+    /// repository; `from` is the file that names it, for messages. A name that does not
+    /// exist stands for its encrypted `<name>.age` if that does.
     pub(crate) fn resolve(&self, from: &Path, dir: &Path, rel: &str) -> Result<PathBuf, RenderError> {
-        let joined = dir.join(rel);
+        let mut joined = dir.join(rel);
+        if joined.symlink_metadata().is_err() && with_age(&joined).symlink_metadata().is_ok() {
+            joined = with_age(&joined);
+        }
         let canonical = joined.canonicalize().map_err(|source| RenderError::Io { file: self.display(&joined), source })?;
         if !canonical.starts_with(&self.boundary) {
             return Err(RenderError::Escapes { file: self.display(from), path: PathBuf::from(rel) });
@@ -52,8 +72,21 @@ impl Repo {
         Ok(canonical)
     }
 
-    /// Read a file (canonical path from [`Repo::resolve`] or a directory walk) within the bounds.
+    /// Read a file (canonical path from [`Repo::resolve`] or a directory walk) within the
+    /// bounds; a `*.age` file is decrypted (in memory only).
     pub(crate) fn read(&self, path: &Path) -> Result<Vec<u8>, RenderError> {
+        let bytes = self.read_raw(path)?;
+        if !is_age(path) {
+            return Ok(bytes);
+        }
+        let file = self.display(path);
+        if self.identities.is_empty() {
+            return Err(RenderError::NoKey { file });
+        }
+        kapp_age::decrypt(&self.identities, &bytes).map_err(|source| RenderError::Decrypt { file, source })
+    }
+
+    fn read_raw(&self, path: &Path) -> Result<Vec<u8>, RenderError> {
         let shown = self.display(path);
         let io = |source| RenderError::Io { file: shown.clone(), source };
         let canonical = path.canonicalize().map_err(io)?;

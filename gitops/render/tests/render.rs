@@ -120,3 +120,48 @@ fn patch_errors_name_the_patch() {
     let e = render(dir.path()).unwrap_err().to_string();
     assert_eq!(e, "kustomization.yaml: ConfigMap/a from cm.yaml (document 0) is also defined in cm.yaml (document 0)");
 }
+
+/// `*.age` files decrypt as they are read and stand in for the name without `.age`: in a
+/// plain tree, as kustomize resources, and as generator files; without a key or with the
+/// wrong one, the render fails naming the encrypted file.
+#[test]
+fn age_files_render_as_their_plaintext_names() {
+    let key = kapp_age::Identity::generate();
+    let enc = |text: &str| kapp_age::encrypt(&[key.to_recipient()], text.as_bytes()).unwrap();
+    let with_key = Options { identities: vec![key.clone()], ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    write(&plain, "a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n");
+    fs::write(plain.join("s.yaml.age"), enc("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: v}\n")).unwrap();
+    fs::write(plain.join("notes.txt.age"), b"not a manifest: never read").unwrap();
+    let docs = render_with(&plain, &with_key).unwrap();
+    let got: Vec<(String, &str)> = docs.iter().map(|d| (d.file.display().to_string(), d.object["metadata"]["name"].as_str().unwrap())).collect();
+    assert_eq!(got, [("a.yaml".to_string(), "a"), ("s.yaml.age".to_string(), "s")]);
+    assert_eq!(docs[1].object["stringData"]["k"], "v");
+
+    let e = render(&plain).unwrap_err();
+    assert!(matches!(&e, RenderError::NoKey { file } if file == Path::new("s.yaml.age")), "{e}");
+    assert_eq!(e.to_string(), "s.yaml.age: encrypted with age and no decryption key is configured");
+    let other = Options { identities: vec![kapp_age::Identity::generate()], ..Default::default() };
+    let e = render_with(&plain, &other).unwrap_err();
+    assert!(matches!(&e, RenderError::Decrypt { source: kapp_age::Error::NoMatch, .. }), "{e}");
+    assert!(e.to_string().starts_with("s.yaml.age: cannot decrypt: "), "{e}");
+
+    let kust = dir.path().join("kust");
+    write(&kust, "kustomization.yaml", "resources: [s.yaml]\nsecretGenerator:\n- name: tls\n  files: [tls.key, ca.crt.age]\n  envs: [env]\n");
+    fs::write(kust.join("s.yaml.age"), enc("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: v}\n")).unwrap();
+    fs::write(kust.join("tls.key.age"), enc("KEY")).unwrap();
+    fs::write(kust.join("ca.crt.age"), enc("CA")).unwrap();
+    fs::write(kust.join("env.age"), enc("A=1\nnot a pair\n")).unwrap();
+    let e = render_with(&kust, &with_key).unwrap_err().to_string();
+    assert!(e.contains("env: line 2 is not KEY=VALUE") && !e.contains("not a pair"), "decrypted lines are not shown: {e}");
+    fs::write(kust.join("env.age"), enc("A=1\n")).unwrap();
+    let docs = render_with(&kust, &with_key).unwrap();
+    let s = docs.iter().find(|d| d.object["metadata"]["name"] == "s").unwrap();
+    assert_eq!(s.file, Path::new("s.yaml.age"));
+    let tls = docs.iter().find(|d| d.object["metadata"]["name"].as_str().unwrap().starts_with("tls-")).unwrap();
+    let mut keys: Vec<&String> = tls.object["data"].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["A", "ca.crt", "tls.key"]);
+    assert_eq!(tls.object["data"]["tls.key"], "S0VZ");
+}

@@ -325,6 +325,7 @@ fn gen_cluster(a: ClusterArgs) -> Result<()> {
     }
     println!("wrote {} (read-only, {}) and {} (the CA key: keep it offline)", kubeconfig.display(), g.server, a.out.join("pki").display());
     println!("deploy key (give it read access to the repository; used for ssh:// URLs):\n{}", g.deploy_key);
+    println!("age recipient (commit Secrets encrypted with `age -r $(cat {}/age-recipient)`):\n{}", a.out.display(), g.age_recipient);
     Ok(())
 }
 
@@ -413,6 +414,10 @@ struct GitopsArgs {
     /// signatures) and ASCII-armored OpenPGP public key blocks (`gpg --armor --export`).
     #[arg(long)]
     trusted_keys: Option<PathBuf>,
+    /// The cluster's age key file (`AGE-SECRET-KEY-1...` lines, as age-keygen writes): `*.age`
+    /// files and age-armored Secret values are decrypted with it.
+    #[arg(long)]
+    decryption_key: Option<PathBuf>,
     /// Seconds between polls.
     #[arg(long, default_value_t = 15)]
     interval: u64,
@@ -737,7 +742,14 @@ async fn run_gitops(a: GitopsArgs) -> Result<()> {
         },
     };
     std::fs::create_dir_all(&a.state_dir).with_context(|| format!("create {}", a.state_dir.display()))?;
-    let cfg = kapp_gitops::GitopsConfig { name: a.name.clone(), source, path: a.path.clone(), interval: Duration::from_secs(a.interval.max(1)), state_dir: a.state_dir.clone() };
+    let identities = match &a.decryption_key {
+        None => vec![],
+        Some(p) => kapp_age::parse_identities(&read(p)?).with_context(|| format!("--decryption-key {}", p.display()))?,
+    };
+    if let Some(id) = identities.first() {
+        println!("kapp gitops decrypts secrets for age recipient {}", id.to_recipient());
+    }
+    let cfg = kapp_gitops::GitopsConfig { name: a.name.clone(), source, path: a.path.clone(), interval: Duration::from_secs(a.interval.max(1)), state_dir: a.state_dir.clone(), identities };
     let webhook = match (&a.webhook_listen, &a.webhook_secret_file) {
         (Some(addr), Some(f)) => {
             let secret = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;

@@ -37,6 +37,10 @@ impl Layout {
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// The cluster's age key: gitops decrypts `*.age` files and Secret values with it.
+    pub fn age_key(&self) -> PathBuf {
+        self.pki().join("age.key")
+    }
     pub fn secret_key(&self) -> PathBuf {
         self.root.join("secret.key")
     }

@@ -157,6 +157,9 @@ fn ensure_material(cfg: &UpConfig, layout: &Layout) -> Result<(), UpError> {
     if !layout.secret_key().exists() {
         kapp_bootstrap::gen_secret_key(&layout.secret_key())?;
     }
+    if !layout.age_key().exists() {
+        kapp_bootstrap::gen_age_key(&layout.age_key())?;
+    }
     let kubeconfig = kapp_runtime::kubeconfig("kapp-up", &format!("https://127.0.0.1:{}", cfg.api_port), "viewer", &layout.identity("viewer")?);
     write_private(&layout.viewer_kubeconfig(), kubeconfig.as_bytes())
 }
@@ -371,6 +374,7 @@ pub async fn up(cfg: UpConfig) -> Result<(), UpError> {
         mkdir(&d)?;
     }
     ensure_material(&cfg, &layout)?;
+    say(&format!("secrets: commit them encrypted with `age -r {}` (decrypted with {})", kapp_bootstrap::age_recipient(&layout.age_key())?, layout.age_key().display()));
     if cfg.repo.is_none() && repo::ensure_example(&layout.repo()).await? {
         say(&format!("made the example repository {} (edit, commit, and the cluster follows)", layout.repo().display()));
     }

@@ -48,6 +48,7 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
     let head_ips: Vec<(u64, Ipv4Addr)> = cfg.store_members();
     let token_file = cfg.head.as_ref().and_then(|h| h.git.token.as_ref()).map(|_| layout.pki().join("git-token"));
     let trusted_keys_file = cfg.head.as_ref().filter(|h| !h.git.trusted_keys.is_empty()).map(|_| layout.pki().join("git-trusted-keys"));
+    let decryption_key_file = cfg.head.as_ref().and_then(|h| h.git.decryption_key.as_ref()).map(|_| layout.pki().join("git-decryption-key"));
     let ssh_key_file = cfg.head.as_ref().and_then(|h| h.git.ssh_key.as_ref()).map(|_| layout.pki().join("git-ssh-key"));
     let known_hosts_file = cfg.head.as_ref().filter(|h| !h.git.known_hosts.is_empty()).map(|_| layout.pki().join("git-known-hosts"));
     let head = cfg.head.as_ref().map(|h| {
@@ -67,6 +68,7 @@ pub fn from_config(cfg: &MachineConfig, paths: &Paths, exe: &Path) -> NodePlan {
             interval_secs: h.git.interval_seconds,
             token_file: token_file.clone(),
             trusted_keys_file: trusted_keys_file.clone(),
+            decryption_key_file: decryption_key_file.clone(),
             ssh_key_file: ssh_key_file.clone(),
             known_hosts_file: known_hosts_file.clone(),
         }
@@ -180,6 +182,7 @@ mod tests {
         assert_eq!(arg(api, "--audit-log").as_deref(), Some("/var/log/kapp/audit.log"));
         assert_eq!(arg(api, "--secret-key-file").as_deref(), Some("/var/lib/kapp/secret.key"));
         assert_eq!(arg(&h2.services[4], "--repo").as_deref(), Some("git://10.77.0.1/cluster"));
+        assert_eq!(arg(&h2.services[4], "--decryption-key").as_deref(), Some("/var/lib/kapp/pki/git-decryption-key"), "the cluster's age key");
         let kubelet = &h2.services[5];
         assert_eq!(arg(kubelet, "--apiserver").as_deref(), Some("https://127.0.0.1:6443"));
         assert_eq!(arg(kubelet, "--pod-cidr").as_deref(), Some("10.244.1.0/24"));
@@ -190,7 +193,7 @@ mod tests {
         // Every file a service names is one the plan writes.
         let written: Vec<PathBuf> = h2.files.iter().map(|(p, _, _)| Path::new("/var/lib/kapp").join(p)).collect();
         for s in &h2.services {
-            for flag in ["--ca", "--cert", "--key", "--secret-key-file"] {
+            for flag in ["--ca", "--cert", "--key", "--secret-key-file", "--decryption-key"] {
                 if let Some(f) = arg(s, flag) {
                     assert!(written.contains(&PathBuf::from(&f)), "{} {flag} {f} is not written", s.name);
                 }

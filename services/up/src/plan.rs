@@ -57,6 +57,8 @@ pub struct HeadPlan {
     pub token_file: Option<PathBuf>,
     /// Only commits signed by a key in this file are applied.
     pub trusted_keys_file: Option<PathBuf>,
+    /// The cluster's age key: encrypted files and Secret values are decrypted with it.
+    pub decryption_key_file: Option<PathBuf>,
     /// The deploy key and the git host's keys for an ssh:// repository.
     pub ssh_key_file: Option<PathBuf>,
     pub known_hosts_file: Option<PathBuf>,
@@ -109,6 +111,7 @@ pub fn services(cfg: &UpConfig, layout: &Layout, host: &HostFacts) -> Vec<Servic
         interval_secs: cfg.interval.as_secs().max(1),
         token_file: None,
         trusted_keys_file: None,
+        decryption_key_file: Some(layout.age_key()),
         ssh_key_file: None,
         known_hosts_file: None,
     };
@@ -178,6 +181,9 @@ pub fn node_services(p: &NodePlan) -> Vec<ServiceSpec> {
         }
         if let Some(t) = &h.trusted_keys_file {
             gitops.extend(["--trusted-keys".to_string(), d(t.clone())]);
+        }
+        if let Some(k) = &h.decryption_key_file {
+            gitops.extend(["--decryption-key".to_string(), d(k.clone())]);
         }
         specs.extend([
             spec(exe, "store", with(store, "store", vec![]), &[], "listening on", Duration::from_secs(10)),
@@ -275,6 +281,7 @@ mod tests {
         assert_eq!(arg("--cert").as_deref(), Some("/s/pki/node.pem"));
         let gitops = specs.iter().find(|s| s.name == "gitops").unwrap();
         assert!(gitops.args.windows(2).any(|w| w == ["--repo", "file:///s/repo"]), "{:?}", gitops.args);
+        assert!(gitops.args.windows(2).any(|w| w == ["--decryption-key", "/s/pki/age.key"]), "{:?}", gitops.args);
         let dns = specs.iter().find(|s| s.name == "dns").unwrap();
         assert!(dns.args.windows(2).any(|w| w == ["--listen", "10.96.0.10:53"]) && dns.args.windows(2).any(|w| w == ["--upstream", "192.0.2.53"]));
     }
