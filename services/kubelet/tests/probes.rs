@@ -31,10 +31,12 @@ fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
 }
 
-/// Processes on this machine whose command line is exactly `argv`.
-fn processes(argv: &[&str]) -> usize {
+/// The pids of processes on this machine whose command line is exactly `argv`.
+fn pids(argv: &[&str]) -> Vec<String> {
     let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    std::fs::read_dir("/proc").unwrap().flatten().filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want)).count()
+    let mut p: Vec<String> = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want)).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    p.sort();
+    p
 }
 
 /// httpGet readiness: not ready while nothing listens, ready once the server answers 200
@@ -239,13 +241,15 @@ async fn lifecycle_hooks() {
     node.shutdown().await;
 }
 
-/// A kubelet restart: a Succeeded pod is not run again; a running pod's container starts
-/// again once (restartCount 1, the same IP, its init container not rerun, one process);
-/// a running restartPolicy Never pod is not rerun but Failed, as Kubernetes does with a
-/// container it lost.
+/// A kubelet restart adopts what runs: a running pod's container keeps running (the same
+/// process and container, restartCount 0, its init container not rerun, the same IP, Ready
+/// again through its probe), a restartPolicy Never pod keeps running, a container that
+/// exited while no kubelet was there is reported with its exit code and the output it
+/// wrote meanwhile, and a Succeeded pod is not run again. A container whose shim was
+/// killed is lost: it is replaced (restartCount 1, lastState ContainerStatusUnknown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kubelet_restart_keeps_finished_pods_and_restarts_running_ones() {
-    if !common::root_or_skip("kubelet_restart_keeps_finished_pods_and_restarts_running_ones") {
+async fn kubelet_restart_adopts_running_containers() {
+    if !common::root_or_skip("kubelet_restart_adopts_running_containers") {
         return;
     }
     let mut node = Node::start("restart", |_| {}).await;
@@ -265,39 +269,73 @@ async fn kubelet_restart_keeps_finished_pods_and_restarts_running_ones() {
         )
         .await;
     node.create_pod("once", json!({"restartPolicy": "Never", "containers": [{"name": "once", "image": node.image, "command": ["sleep", "1000004"]}], "terminationGracePeriodSeconds": 1})).await;
+    // Exits 3 while the kubelet is away, after writing to its log then.
+    let away = node
+        .create_pod("away", json!({"restartPolicy": "Never", "volumes": [ctl_volume(c)], "containers": [{"name": "c", "image": node.image, "command": ["sh", "-c", "echo before; until [ -e /ctl/go ]; do sleep 0.2; done; echo after; exit 3"], "volumeMounts": [ctl_mount()]}]}))
+        .await;
+    let lost = node.create_pod("lost", json!({"containers": [{"name": "c", "image": node.image, "command": ["sleep", "1000005"]}], "terminationGracePeriodSeconds": 1})).await;
     node.wait_pod("job", START, "Succeeded", |p| p["status"]["phase"] == "Succeeded").await;
     let before = node.wait_pod("web", START, "Ready", |p| condition(p, "Ready") == "True").await;
     node.wait_pod("once", START, "Running", |p| p["status"]["phase"] == "Running").await;
+    node.wait_pod("away", START, "Running", |p| p["status"]["phase"] == "Running").await;
+    node.wait_pod("lost", START, "Running", |p| p["status"]["phase"] == "Running").await;
     let ip = before["status"]["podIP"].as_str().unwrap().to_string();
     assert_eq!((lines(&c.join("job-runs")), lines(&c.join("web-inits")), lines(&c.join("web-runs"))), (1, 1, 1));
-    assert_eq!(processes(&["sleep", "1000003"]), 1);
+    let web_pid = pids(&["sleep", "1000003"]);
+    let once_pid = pids(&["sleep", "1000004"]);
+    assert_eq!((web_pid.len(), once_pid.len()), (1, 1));
 
     let old = node.kubelet.take().unwrap();
     old.shutdown().await;
+    // While no kubelet runs: one container ends, and one shim dies.
+    std::fs::write(c.join("go"), "").unwrap();
+    let bundle = |pod: &k8s_openapi::api::core::v1::Pod, name: &str| node.state_dir.join("pods").join(pod.metadata.uid.as_deref().unwrap()).join("containers").join(name);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bundle(&away, "c").join("exit").exists() {
+        assert!(Instant::now() < deadline, "the shim of 'away' wrote no exit file");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_to_string(bundle(&away, "c").join("exit")).unwrap(), "3 -\n");
+    let shim: i32 = std::fs::read_to_string(bundle(&lost, "c").join("shim")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     node.kubelet = Some(kapp_kubelet::Kubelet::start(node.cfg.clone()).await.expect("the kubelet starts again"));
 
-    let after = node.wait_pod("web", START, "restarted and Ready", |p| container(p, "web")["restartCount"] == 1 && condition(p, "Ready") == "True").await;
+    let away_done = node.wait_pod("away", START, "Failed", |p| p["status"]["phase"] == "Failed").await;
+    let t = &container(&away_done, "c")["state"]["terminated"];
+    assert_eq!((t["exitCode"].clone(), t["reason"].clone()), (json!(3), json!("Error")), "{t}");
+    let log = node.wait_log("away", "c", "after", Duration::from_secs(10)).await;
+    assert_eq!(log, "before\nafter\n", "the shim logged while no kubelet was there");
+    let relost = node.wait_pod("lost", START, "replaced", |p| container(p, "c")["restartCount"] == 1 && p["status"]["phase"] == "Running").await;
+    assert_eq!(container(&relost, "c")["lastState"]["terminated"]["reason"], "ContainerStatusUnknown");
+    // Readiness starts over after a restart: wait for it to come back.
+    let after = node.wait_pod("web", START, "Ready again", |p| condition(p, "Ready") == "True" && container(p, "web")["state"]["running"].is_object()).await;
     assert_eq!(after["status"]["podIP"], ip.as_str(), "the same address");
-    assert_eq!(container(&after, "web")["lastState"]["terminated"]["reason"], "ContainerStatusUnknown");
+    let w = container(&after, "web");
+    assert_eq!(w["restartCount"], 0, "adopted, not restarted: {w}");
+    assert_eq!(w["containerID"], container(&before, "web")["containerID"], "the same container");
+    assert_eq!(w["state"]["running"]["startedAt"], container(&before, "web")["state"]["running"]["startedAt"]);
     assert_eq!(after["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
-    let once = node.wait_pod("once", START, "Failed", |p| p["status"]["phase"] == "Failed").await;
-    assert_eq!(container(&once, "once")["state"]["terminated"]["reason"], "ContainerStatusUnknown", "{}", container(&once, "once"));
-    assert_eq!(container(&once, "once")["restartCount"], 0);
+    let once = node.wait_pod("once", START, "a status", |_| true).await;
+    assert_eq!((once["status"]["phase"].clone(), container(&once, "once")["restartCount"].clone()), (json!("Running"), json!(0)), "{}", container(&once, "once"));
     // Every pod's worker has acted by now; give a rerun of the job time to show.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let job = node.wait_pod("job", START, "a status", |_| true).await;
     assert_eq!(job["status"]["phase"], "Succeeded");
     assert_eq!(lines(&c.join("job-runs")), 1, "the finished pod did not run again");
     assert_eq!(lines(&c.join("web-inits")), 1, "the init container had completed: not rerun");
-    assert_eq!(lines(&c.join("web-runs")), 2, "the running container started once more");
-    assert_eq!(processes(&["sleep", "1000003"]), 1, "no duplicate container");
-    assert_eq!(processes(&["sleep", "1000004"]), 0, "the Never pod's container is gone");
+    assert_eq!(lines(&c.join("web-runs")), 1, "the running container was not started again");
+    assert_eq!(pids(&["sleep", "1000003"]), web_pid, "the same process");
+    assert_eq!(pids(&["sleep", "1000004"]), once_pid, "the same process");
+    assert_eq!(pids(&["sleep", "1000005"]).len(), 1, "the lost container was replaced, not doubled");
     let uid = web.metadata.uid.unwrap();
     let runs = std::fs::read_dir(node.state_dir.join("containers")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&uid)).count();
     assert_eq!(runs, 1, "one container of the pod known to the runtime");
 
-    for n in ["job", "web", "once"] {
+    // The adopted containers stop as any other: the pods go.
+    for n in ["job", "web", "once", "away", "lost"] {
         node.delete_pod(n).await;
     }
+    assert!(pids(&["sleep", "1000003"]).is_empty() && pids(&["sleep", "1000004"]).is_empty(), "adopted containers were stopped");
     node.shutdown().await;
 }

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -79,10 +78,6 @@ fn first_line(cmd: &str) -> String {
     out.lines().next().unwrap_or(cmd).trim().to_string()
 }
 
-fn dev_null() -> OwnedFd {
-    File::options().write(true).open("/dev/null").unwrap().into()
-}
-
 /// Interleaved rounds (three uncounted first) of kapp's runtime, `runc run` and
 /// `crun run` on one busybox root; milliseconds per run.
 fn lifecycle(runs: usize) -> Value {
@@ -131,15 +126,17 @@ fn lifecycle(runs: usize) -> Value {
     };
     let (kapp_bundle, runc_bundle, crun_bundle) = (bundle("kapp"), bundle("runc"), bundle("crun"));
     let kapp_spec = spec_for("kapp");
+    let kapp_log = dir.path().join("kapp-log/0.log");
     let (runc_root, crun_root) = (dir.path().join("runc-root"), dir.path().join("crun-root"));
 
     let mut kapp = (Vec::new(), Vec::new(), Vec::new(), Vec::new()); // total, create+start, wait, delete
     let mut kapp_run = |record: bool| {
-        let (out, err) = (dev_null(), dev_null());
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe");
+        let output = kapp_kubelet::runtime::Output { stdout: pipe(), stderr: pipe() };
         let t0 = Instant::now();
-        let pid = runtime.run("bench", &kapp_bundle, &kapp_spec, out, err).expect("kapp: create and start");
+        let started = runtime.run("bench", &kapp_bundle, &kapp_spec, output, &kapp_log, 1 << 20).expect("kapp: create and start");
         let t1 = Instant::now();
-        let exit = kapp_kubelet::runtime::wait_exit(pid).blocking_recv().expect("kapp: the exit");
+        let exit = started.wait().blocking_recv().expect("kapp: the exit");
         let t2 = Instant::now();
         runtime.delete("bench");
         let t3 = Instant::now();
@@ -201,7 +198,7 @@ pub fn table(raw: &Value, runs: usize) -> String {
     let mut r = String::new();
     r += &format!(
         "## Raw container lifecycle: `/bin/true`, {runs} runs each\n\n\
-         One busybox root directory (no overlay) and the `config.json` the kubelet writes for a plain container (new pid, mount, uts, net and ipc namespaces; pids limit 4096; Docker's capabilities; cgroup `/kapp-bench-raw-<pid>/<runtime>`). kapp: `Runtime::run` (create + start through libcontainer {} in the kubelet's forked single-threaded helper), `wait_exit`, `Runtime::delete`, in the benchmark's process. runc and crun: one `run --bundle` invocation each (create, start, wait, delete; the process start of the runtime's binary included; stdio to /dev/null). Rounds interleave the three, each first in turn; three uncounted rounds first. cgroups: {}.\n\n\
+         One busybox root directory (no overlay) and the `config.json` the kubelet writes for a plain container (new pid, mount, uts, net and ipc namespaces; pids limit 4096; Docker's capabilities; cgroup `/kapp-bench-raw-<pid>/<runtime>`). kapp: `Runtime::run` (create + start through libcontainer {} in the kubelet's forked single-threaded helper, which then becomes the container's shim: output copied to a log file, exit written), waiting for the shim, `Runtime::delete`, in the benchmark's process. runc and crun: one `run --bundle` invocation each (create, start, wait, delete; the process start of the runtime's binary included; stdio to /dev/null). Rounds interleave the three, each first in turn; three uncounted rounds first. cgroups: {}.\n\n\
          | runtime | runs | mean ms | p50 ms | p99 ms | max ms |\n\
          |---|---:|---:|---:|---:|---:|\n",
         "0.7.0",

@@ -153,9 +153,30 @@ pub(crate) struct Shared {
     pub workers: Mutex<HashMap<String, WorkerHandle>>,
     /// The node's CPU and memory use (`/stats/node`).
     pub stats: Arc<crate::stats::Sampler>,
+    /// Container runs an earlier kubelet left, by id (`<pod uid>-<container>-<run>`), until
+    /// their pods' workers take them over.
+    pub adoptable: Mutex<HashMap<String, crate::runtime::Adoptable>>,
 }
 
 impl Shared {
+    /// The run of container `name` of pod `uid` an earlier kubelet left, if any (the newest;
+    /// older ones, which should not exist, are removed).
+    pub fn take_adoptable(&self, uid: &str, name: &str) -> Option<(String, crate::runtime::Adoptable)> {
+        let prefix = format!("{uid}-{name}-");
+        let mut mine: Vec<(u32, String, crate::runtime::Adoptable)> = {
+            let mut all = self.adoptable.lock().expect("adoptable lock");
+            let ids: Vec<String> = all.keys().filter(|id| id.strip_prefix(&prefix).is_some_and(|n| n.parse::<u32>().is_ok())).cloned().collect();
+            ids.into_iter().filter_map(|id| all.remove(&id).map(|a| (id[prefix.len()..].parse().unwrap_or(0), id, a))).collect()
+        };
+        mine.sort_by_key(|(n, _, _)| *n);
+        let newest = mine.pop();
+        for (_, id, _) in mine {
+            tracing::warn!(id, "an older run of the same container: removed");
+            self.runtime.delete(&id);
+        }
+        newest.map(|(_, id, a)| (id, a))
+    }
+
     pub fn pod(&self, uid: &str) -> Option<Pod> {
         self.pods.state().into_iter().find(|p| p.metadata.uid.as_deref() == Some(uid)).map(|p| (*p).clone())
     }
@@ -200,15 +221,29 @@ impl Kubelet {
         if let Some(dir) = &cfg.import_dir {
             import_all(&images, dir).await;
         }
-        // No adoption: containers of an earlier run lost their output pipes with it. They are
-        // removed with their root filesystems; pod sandboxes (network, address, IPC, volumes)
-        // stay, and the pod workers start the containers again as their status says.
+        // Containers of an earlier kubelet whose shims still run (or wrote their exits) are
+        // adopted by their pods' workers; the rest (no shim: their output went nowhere) are
+        // removed with their root filesystems. Pod sandboxes (network, address, IPC, volumes)
+        // stay, and the workers start what is missing as the pods' status says.
+        let mut adoptable = HashMap::new();
         for id in runtime.list() {
-            tracing::info!(id, "removing a container left by an earlier run");
-            runtime.delete(&id);
+            match runtime.adoptable(&id) {
+                Some(a) => {
+                    tracing::info!(id, running = a.shim.is_some(), "a container of an earlier kubelet, to adopt");
+                    adoptable.insert(id, a);
+                }
+                None => {
+                    tracing::info!(id, "removing a container left by an earlier run");
+                    runtime.delete(&id);
+                }
+            }
         }
         for pod in std::fs::read_dir(cfg.state_dir.join("pods")).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default() {
-            unmount_all(&pod.join("containers"));
+            for ctr in std::fs::read_dir(pod.join("containers")).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default() {
+                if !adoptable.values().any(|a: &crate::runtime::Adoptable| a.bundle == ctr) {
+                    unmount_all(&ctr);
+                }
+            }
         }
         let (reader, writer) = reflector::store::<Pod>();
         let shared = Arc::new(Shared {
@@ -222,6 +257,7 @@ impl Kubelet {
             pods: reader,
             workers: Mutex::default(),
             stats: Arc::new(crate::stats::Sampler::new(Path::new("/proc"))),
+            adoptable: Mutex::new(adoptable),
         });
         register(&shared).await?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -299,6 +335,7 @@ async fn import_all(images: &ImageStore, dir: &Path) {
 async fn clean_node(shared: &Shared, keep: &HashSet<String>) {
     for id in shared.runtime.list() {
         if !keep.iter().any(|uid| id.starts_with(uid.as_str())) {
+            shared.adoptable.lock().expect("adoptable lock").remove(&id);
             shared.runtime.delete(&id);
         }
     }

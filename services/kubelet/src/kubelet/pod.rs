@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, EnvVar, Pod, Secret};
@@ -23,7 +23,7 @@ use super::probe::{Checks, Kind};
 use super::prober::{self, Probes, Report, Target, Task};
 use super::volumes;
 use super::Shared;
-use crate::runtime::{self, logs, BindMount, ContainerParams, Exit};
+use crate::runtime::{self, BindMount, ContainerParams, Exit};
 
 /// A pod is re-synced at least this often.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -149,6 +149,11 @@ struct Ctr {
     done: bool,
     started_once: bool,
     image_id: String,
+    /// A run an earlier kubelet started, still running (or ended while no kubelet was
+    /// there), to be taken over once the sandbox is back.
+    adopt: Option<(String, runtime::Adoptable)>,
+    /// The status said the startup probe had succeeded (for an adopted run).
+    started_reported: bool,
 }
 
 impl Ctr {
@@ -207,6 +212,20 @@ fn restore(s: &ContainerStatus, init: bool, policy: &str, fresh: State) -> Resto
             Restored { state: fresh, started_once: restarts > 0 || last.is_some(), last, restarts, done: false }
         }
     }
+}
+
+/// What a restarted kubelet takes over of a container run it adopts (`id`, from the run's
+/// number its restart count): running since it started, the last state as reported. Pure.
+fn adopted(prior: Option<&ContainerStatus>, id: &str, a: &runtime::Adoptable) -> Restored {
+    let run_no: u32 = id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let last = prior.and_then(|s| s.last_state.as_ref()).and_then(|l| l.terminated.as_ref()).map(|t| State::Terminated {
+        code: t.exit_code,
+        signal: t.signal,
+        reason: t.reason.clone().unwrap_or_default(),
+        started_at: t.started_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
+        finished_at: t.finished_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
+    });
+    Restored { state: State::Running { started_at: a.started_at.clone() }, last, restarts: run_no, started_once: true, done: false }
 }
 
 struct Sandbox {
@@ -296,9 +315,17 @@ impl Worker {
             for c in list {
                 let prior = reported.as_ref().and_then(|l| l.iter().find(|s| s.name == c.name));
                 let fresh = State::Waiting { reason: if init { "PodInitializing".into() } else { "ContainerCreating".into() }, message: String::new() };
-                let r = prior.map_or(Restored { state: fresh.clone(), last: None, restarts: 0, started_once: false, done: false }, |s| restore(s, init, &policy, fresh));
-                if prior.is_some_and(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())) {
-                    tracing::info!(container = %c.name, restart = !r.done, "container of an earlier kubelet was running");
+                let adopt = self.shared.take_adoptable(&self.uid, &c.name);
+                let r = match (&adopt, prior) {
+                    (Some((id, a)), _) => {
+                        tracing::info!(container = %c.name, id = %id, running = a.shim.is_some(), "adopting a container of an earlier kubelet");
+                        adopted(prior, id, a)
+                    }
+                    (None, Some(s)) => restore(s, init, &policy, fresh),
+                    (None, None) => Restored { state: fresh, last: None, restarts: 0, started_once: false, done: false },
+                };
+                if adopt.is_none() && prior.is_some_and(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())) {
+                    tracing::info!(container = %c.name, restart = !r.done, "container of an earlier kubelet was running and is gone");
                 }
                 self.ctrs.push(Ctr {
                     init,
@@ -311,6 +338,8 @@ impl Worker {
                     done: r.done,
                     started_once: r.started_once,
                     image_id: prior.map(|s| s.image_id.clone()).unwrap_or_default(),
+                    started_reported: prior.and_then(|s| s.started).unwrap_or(false),
+                    adopt,
                     spec: c,
                 });
             }
@@ -322,6 +351,13 @@ impl Worker {
         }
         let phase = status.phase.unwrap_or_default();
         self.finished_before = phase == "Succeeded" || phase == "Failed";
+        if self.finished_before {
+            for c in &mut self.ctrs {
+                if let Some((id, _)) = c.adopt.take() {
+                    self.shared.runtime.delete(&id);
+                }
+            }
+        }
         self.start_time = status.start_time.map(|t| t.0.to_string());
     }
 
@@ -361,6 +397,7 @@ impl Worker {
                 }
             }
         }
+        self.adopt_runs(pod);
         let now_i = Instant::now();
         let refresh = (volumes::has_contents(pod) && self.ctrs.iter().any(|c| c.run.is_some())).then(|| self.volumes_at + self.shared.cfg.volume_refresh);
         if refresh.is_some_and(|t| t <= now_i) {
@@ -518,17 +555,14 @@ impl Worker {
         };
         let spec = runtime::spec::oci_spec(&params);
         let log_path = self.log_dir(pod).join(&self.ctrs[i].spec.name).join(format!("{run_no}.log"));
-        let sink = match logs::LogFile::create(&log_path, self.shared.cfg.log_max_bytes) {
-            Ok(s) => Arc::new(Mutex::new(s)),
-            Err(e) => {
-                runtime::unmount(&rootfs);
-                fail(&mut self.ctrs[i], "CreateContainerError", format!("log file: {e}"));
-                return;
-            }
-        };
+        if let Err(e) = std::fs::create_dir_all(log_path.parent().unwrap_or(Path::new("/"))) {
+            runtime::unmount(&rootfs);
+            fail(&mut self.ctrs[i], "CreateContainerError", format!("log directory: {e}"));
+            return;
+        }
         let pipes = (nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC));
-        let ((out_r, out_w), (err_r, err_w)) = match pipes {
-            (Ok(a), Ok(b)) => (a, b),
+        let output = match pipes {
+            (Ok(stdout), Ok(stderr)) => runtime::Output { stdout, stderr },
             _ => {
                 runtime::unmount(&rootfs);
                 fail(&mut self.ctrs[i], "CreateContainerError", "pipes".into());
@@ -538,9 +572,10 @@ impl Worker {
         let shared = self.shared.clone();
         let bundle = cdir.clone();
         let id2 = id.clone();
-        let started = tokio::task::spawn_blocking(move || shared.runtime.run(&id2, &bundle, &spec, out_w, err_w)).await;
-        let pid = match started {
-            Ok(Ok(pid)) => pid,
+        let log_max = self.shared.cfg.log_max_bytes;
+        let started = tokio::task::spawn_blocking(move || shared.runtime.run(&id2, &bundle, &spec, output, &log_path, log_max)).await;
+        let started = match started {
+            Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 runtime::unmount(&rootfs);
                 self.shared.runtime.remove_cgroup(&params.cgroups_path);
@@ -553,24 +588,15 @@ impl Worker {
                 return;
             }
         };
-        tokio::spawn(logs::pump(out_r, "stdout", sink.clone()));
-        tokio::spawn(logs::pump(err_r, "stderr", sink));
-        let exit = runtime::wait_exit(pid);
-        let tx = self.events.clone();
-        let id3 = id.clone();
-        tokio::spawn(async move {
-            if let Ok(e) = exit.await {
-                let _ = tx.send(Event::Exit(id3, e)).await;
-            }
-        });
+        self.watch_exit(&id, started.wait());
         let c = &mut self.ctrs[i];
         if c.started_once {
             c.restarts += 1;
         }
         c.started_once = true;
         c.image_id = format!("{}@{}", image.name.split(['@']).next().unwrap_or("").rsplit_once(':').map_or(image.name.as_str(), |(n, _)| n), image.digest);
-        let started_at = now();
-        tracing::info!(container = %c.spec.name, id = %id, pid, "container started");
+        let started_at = started.started_at;
+        tracing::info!(container = %c.spec.name, id = %id, pid = started.pid, shim = started.shim, "container started");
         c.state = State::Running { started_at: started_at.clone() };
         c.not_before = None;
         let post_start = checks.post_start.clone();
@@ -601,6 +627,57 @@ impl Worker {
             }
         }
         c.run = Some(run);
+    }
+
+    /// Deliver the exit of run `id` (when its shim ends) as an event.
+    fn watch_exit(&self, id: &str, exit: tokio::sync::oneshot::Receiver<Exit>) {
+        let (tx, id) = (self.events.clone(), id.to_string());
+        tokio::spawn(async move {
+            if let Ok(e) = exit.await {
+                let _ = tx.send(Event::Exit(id, e)).await;
+            }
+        });
+    }
+
+    /// Take over the runs an earlier kubelet left (the sandbox is back): their probes start
+    /// again (readiness from not ready, as after any kubelet restart), their exits are
+    /// watched; one that ended meanwhile is handled as an exit at once.
+    fn adopt_runs(&mut self, pod: &Pod) {
+        let ip = self.pod_ip();
+        let pod_cgroup = self.pod_cgroup();
+        let mut index = 0;
+        for i in 0..self.ctrs.len() {
+            let field = format!("spec.containers[{index}]");
+            if !self.ctrs[i].init {
+                index += 1;
+            }
+            let Some((id, a)) = self.ctrs[i].adopt.take() else { continue };
+            let c = &mut self.ctrs[i];
+            let checks = if c.init { Checks::default() } else { Checks::of(&c.spec, &field).unwrap_or_default() };
+            let since = chrono::DateTime::parse_from_rfc3339(&a.started_at).ok().and_then(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).to_std().ok()).unwrap_or_default();
+            let mut run = Run {
+                startup_done: checks.startup.is_none() || c.started_reported,
+                checks,
+                id: id.clone(),
+                cgroup: format!("{pod_cgroup}/{id}"),
+                dir: a.bundle.clone(),
+                rootfs: a.bundle.join("rootfs"),
+                started: Instant::now().checked_sub(since).unwrap_or_else(Instant::now),
+                started_at: a.started_at.clone(),
+                post_started: true,
+                ready: false,
+                hook: None,
+                probes: None,
+                stopping: None,
+                killed_for: None,
+            };
+            if a.shim.is_some() {
+                run.begin_probes(&self.shared, ip, &self.events);
+            }
+            c.run = Some(run);
+            tracing::info!(pod = %pod_key(pod).1, container = %c.spec.name, id = %id, "container adopted");
+            self.watch_exit(&id, a.wait());
+        }
     }
 
     fn pod_ip(&self) -> Option<Ipv4Addr> {

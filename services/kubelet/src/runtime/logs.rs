@@ -5,11 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use tokio::io::AsyncReadExt;
 
 /// Longest line written as one record; longer ones are split into partial (`P`) records.
 const MAX_LINE: usize = 16 << 10;
@@ -64,35 +60,35 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Copy a pipe into the log file until the writer side closes.
-pub async fn pump(fd: OwnedFd, stream: &'static str, sink: Arc<Mutex<LogFile>>) {
-    let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(%e, "log pipe unusable");
-            return;
+/// Splits a stream's bytes into log records: whole lines, and parts of lines longer than
+/// [`MAX_LINE`] as partial records.
+#[derive(Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Add bytes; `record(partial, text)` for every record they complete.
+    pub fn push(&mut self, bytes: &[u8], mut record: impl FnMut(bool, &[u8])) {
+        self.pending.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(i) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            record(false, &self.pending[start..start + i]);
+            start += i + 1;
         }
-    };
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 32 << 10];
-    loop {
-        let n = match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        let mut sink = sink.lock().expect("log file lock");
-        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=i).collect();
-            let _ = sink.record(stream, false, &line[..line.len() - 1]);
+        while self.pending.len() - start >= MAX_LINE {
+            record(true, &self.pending[start..start + MAX_LINE]);
+            start += MAX_LINE;
         }
-        while pending.len() >= MAX_LINE {
-            let part: Vec<u8> = pending.drain(..MAX_LINE).collect();
-            let _ = sink.record(stream, true, &part);
-        }
+        self.pending.drain(..start);
     }
-    if !pending.is_empty() {
-        let _ = sink.lock().expect("log file lock").record(stream, false, &pending);
+
+    /// The stream ended: what is left is a last (unterminated) line.
+    pub fn finish(&mut self, mut record: impl FnMut(bool, &[u8])) {
+        if !self.pending.is_empty() {
+            record(false, &self.pending);
+            self.pending.clear();
+        }
     }
 }
 
@@ -203,5 +199,18 @@ mod tests {
         let r = parse_line("2024-01-01T00:00:00.000000001Z stderr F oops: x y").unwrap();
         assert_eq!((r.stream.as_str(), r.partial, r.text.as_str()), ("stderr", false, "oops: x y"));
         assert_eq!(texts(b"t stdout P a\nt stdout F b\n", false), b"ab\n");
+    }
+
+    #[test]
+    fn lines_are_split_and_long_ones_cut_into_parts() {
+        let mut got: Vec<(bool, Vec<u8>)> = Vec::new();
+        let mut s = LineSplitter::default();
+        s.push(b"one\ntw", |p, l| got.push((p, l.to_vec())));
+        s.push(b"o\n\nthree", |p, l| got.push((p, l.to_vec())));
+        s.push(&vec![b'x'; MAX_LINE + 5], |p, l| got.push((p, l.to_vec())));
+        s.finish(|p, l| got.push((p, l.to_vec())));
+        let mut long = b"three".to_vec();
+        long.extend(vec![b'x'; MAX_LINE - 5]);
+        assert_eq!(got, vec![(false, b"one".to_vec()), (false, b"two".to_vec()), (false, vec![]), (true, long), (false, vec![b'x'; 10])]);
     }
 }

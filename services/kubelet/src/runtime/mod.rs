@@ -1,8 +1,9 @@
 //! Containers: overlayfs root filesystems over the image layers, run by youki's libcontainer
-//! (no daemon) in a short-lived single-threaded child forked from this process (see
-//! [`forked`]). This process is a child subreaper, so a container's init becomes its child
-//! when that helper exits, and its exit status is collected with `waitpid` by a small
-//! thread per container.
+//! (no daemon) in a single-threaded child forked from this process (see [`forked`]). For a
+//! container, that child stays as its [`shim`]: the init's parent, which copies its output
+//! to the log and records its exit, and outlives the kubelet, so a restarted kubelet adopts
+//! running containers ([`Runtime::adoptable`]). A small thread per container waits for the
+//! shim.
 //!
 //! cgroups: libcontainer (without systemd) creates `<cgroupsPath>` in every v1 hierarchy on a
 //! hybrid host (this development machine: v1 controllers plus an empty cgroup2 at
@@ -11,10 +12,11 @@
 //! the pod-level parents libcontainer leaves behind.
 
 pub mod logs;
+pub mod shim;
 pub mod spec;
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -71,6 +73,51 @@ pub struct Exit {
     /// Exit code, or 128 + signal.
     pub code: i32,
     pub signal: Option<i32>,
+}
+
+/// The bundle file naming a container's shim: `<pid> <start time> <startedAt>`.
+const SHIM_FILE: &str = "shim";
+/// The bundle file a shim writes the container's exit to.
+const EXIT_FILE: &str = "exit";
+
+/// A container's stdout and stderr pipes: (read end, write end) each.
+pub struct Output {
+    pub stdout: (OwnedFd, OwnedFd),
+    pub stderr: (OwnedFd, OwnedFd),
+}
+
+/// A container just started.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// Its init (the shim's child).
+    pub pid: i32,
+    pub shim: i32,
+    /// RFC 3339, seconds.
+    pub started_at: String,
+    exit_file: PathBuf,
+}
+
+impl Started {
+    /// When its shim ends, how the container ended.
+    pub fn wait(&self) -> tokio::sync::oneshot::Receiver<Exit> {
+        wait_shim(Some(self.shim), self.exit_file.clone())
+    }
+}
+
+/// A container an earlier kubelet started that can be taken over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adoptable {
+    /// Its running shim; None when the container exited (its exit is in the bundle).
+    pub shim: Option<i32>,
+    pub bundle: PathBuf,
+    pub started_at: String,
+}
+
+impl Adoptable {
+    /// When its shim ends, how the container ended.
+    pub fn wait(&self) -> tokio::sync::oneshot::Receiver<Exit> {
+        wait_shim(self.shim, self.bundle.join(EXIT_FILE))
+    }
 }
 
 /// The in-process container runtime.
@@ -152,37 +199,60 @@ fn guard_clone_exits() {
 impl Runtime {
     pub fn new(root: &Path) -> Result<Runtime, RuntimeError> {
         guard_clone_exits();
-        // Container inits are started by a helper that exits: they must come back to us.
-        nix::sys::prctl::set_child_subreaper(true).map_err(|e| RuntimeError::Io { path: root.to_path_buf(), reason: format!("PR_SET_CHILD_SUBREAPER: {e}") })?;
         std::fs::create_dir_all(root).map_err(|e| RuntimeError::Io { path: root.to_path_buf(), reason: e.to_string() })?;
         Ok(Runtime { root: root.to_path_buf(), cgroups: CgroupLayout::detect(), closed: AtomicBool::new(false) })
     }
 
-    /// Write `config.json` into `bundle`, create and start container `id`; its init's pid
-    /// (a child of this process: see [`forked`]). Blocking: call from a blocking thread.
-    pub fn run(&self, id: &str, bundle: &Path, spec: &serde_json::Value, stdout: OwnedFd, stderr: OwnedFd) -> Result<i32, RuntimeError> {
+    /// Write `config.json` into `bundle`, create and start container `id` with its output
+    /// on `output`'s pipes, copied to `log` by the container's [`shim`], which outlives this
+    /// process (see [`Runtime::adoptable`]). Blocking: call from a blocking thread.
+    pub fn run(&self, id: &str, bundle: &Path, spec: &serde_json::Value, output: Output, log: &Path, log_max: u64) -> Result<Started, RuntimeError> {
         let err = |reason: String| RuntimeError::Container { id: id.to_string(), reason };
         let spec: Spec = serde_json::from_value(spec.clone()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
         std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::Io { path: bundle.to_path_buf(), reason: e.to_string() })?;
         spec.save(bundle.join("config.json")).map_err(|e| err(format!("writing config.json: {e}")))?;
+        for f in [SHIM_FILE, EXIT_FILE] {
+            let _ = std::fs::remove_file(bundle.join(f));
+        }
         // A leftover of an earlier attempt under the same id.
         if self.root.join(id).exists() {
             self.delete(id);
         }
-        let builder = self.builder(id, stdout, stderr)?;
+        let Output { stdout: (out_r, out_w), stderr: (err_r, err_w) } = output;
+        let builder = self.builder(id, out_w, err_w)?;
         let _one = self.one_at_a_time(id)?;
-        let started = forked(HelperWaits::No, move || {
+        let shim = ShimStart { log: log.to_path_buf(), log_max, exit_file: bundle.join(EXIT_FILE), out: out_r, err: err_r };
+        let started = forked(HelperWaits::Shim(shim), move || {
             let mut c = builder.as_init(bundle).with_systemd(false).with_detach(true).build().map_err(|e| format!("create: {e}"))?;
             c.start().map_err(|e| format!("start: {e}"))?;
             c.pid().map(|p| p.as_raw()).ok_or_else(|| "no pid after start".to_string())
         });
         match started {
-            Ok((pid, _)) => Ok(pid),
+            Ok((pid, shim)) => {
+                let started = Started { pid, shim: shim.as_raw(), started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), exit_file: bundle.join(EXIT_FILE) };
+                let record = format!("{} {} {}\n", started.shim, start_time(started.shim).unwrap_or(0), started.started_at);
+                std::fs::write(bundle.join(SHIM_FILE), record).map_err(|e| RuntimeError::Io { path: bundle.join(SHIM_FILE), reason: e.to_string() })?;
+                Ok(started)
+            }
             Err(e) => {
                 self.delete(id);
                 Err(err(e))
             }
         }
+    }
+
+    /// Whether container `id`, left by an earlier kubelet, can be taken over: its state and
+    /// bundle are there, and its shim still runs (the same process: pid and start time) or
+    /// wrote the container's exit.
+    pub fn adoptable(&self, id: &str) -> Option<Adoptable> {
+        let c = Container::load(self.root.join(id)).ok()?;
+        let bundle = c.bundle().to_path_buf();
+        let record = std::fs::read_to_string(bundle.join(SHIM_FILE)).ok()?;
+        let mut f = record.split_whitespace();
+        let (shim, since, started_at) = (f.next()?.parse::<i32>().ok()?, f.next()?.parse::<u64>().ok()?, f.next()?.to_string());
+        let alive = start_time(shim) == Some(since) && !is_zombie(shim);
+        let exited = bundle.join(EXIT_FILE).exists();
+        (alive || exited).then_some(Adoptable { shim: alive.then_some(shim), bundle, started_at })
     }
 
     /// Start `args` inside running container `id` as its own process runs (namespaces,
@@ -339,13 +409,21 @@ impl Runtime {
     }
 }
 
-/// Whether the helper of [`forked`] stays until the process it started ends.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What the helper of [`forked`] does once it started the process.
 enum HelperWaits {
-    /// The helper exits at once (the process, reparented to this subreaper, is waited here).
-    No,
-    /// The helper waits for the process and exits with its exit code (128 + signal).
+    /// It waits for the process and exits with its exit code (128 + signal).
     Yes,
+    /// It becomes the process's [`shim`] (it is a subreaper in a session of its own).
+    Shim(ShimStart),
+}
+
+/// What a helper needs to become a shim.
+struct ShimStart {
+    log: PathBuf,
+    log_max: u64,
+    exit_file: PathBuf,
+    out: OwnedFd,
+    err: OwnedFd,
 }
 
 /// How long a helper may take to report what it started.
@@ -358,7 +436,7 @@ const HELPER_REPORT: Duration = Duration::from_secs(60);
 /// `fork` leaves the child's allocator usable, and the child has one thread, so the clones
 /// libcontainer makes from it are safe. It also keeps libcontainer's `chdir`s (around its
 /// notify sockets) out of this process. The child reports the pid through a pipe; returns
-/// it and the helper's pid (already reaped unless `waits`).
+/// it and the helper's pid (this process's child until it exits: wait for it).
 #[allow(unsafe_code)]
 fn forked(waits: HelperWaits, start: impl FnOnce() -> Result<i32, String>) -> Result<(i32, Pid), String> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -373,6 +451,12 @@ fn forked(waits: HelperWaits, start: impl FnOnce() -> Result<i32, String>) -> Re
         Ok(nix::unistd::ForkResult::Child) => {
             drop(r);
             let _quiet = tracing::dispatcher::set_default(&tracing::Dispatch::none());
+            if matches!(waits, HelperWaits::Shim(_)) {
+                // The container's init must become our child, and the shim must not get the
+                // signals of the kubelet's process group.
+                let _ = nix::sys::prctl::set_child_subreaper(true);
+                let _ = nix::unistd::setsid();
+            }
             let started = start();
             let report = match &started {
                 Ok(pid) => format!("ok {pid}\n"),
@@ -380,8 +464,12 @@ fn forked(waits: HelperWaits, start: impl FnOnce() -> Result<i32, String>) -> Re
             };
             let _ = nix::unistd::write(&w, report.as_bytes());
             drop(w);
-            let code = match started {
-                Ok(pid) if waits == HelperWaits::Yes => loop {
+            let code = match (started, waits) {
+                (Ok(pid), HelperWaits::Shim(s)) => {
+                    let args = shim::ShimArgs { log: s.log, log_max: s.log_max, exit_file: s.exit_file, pid };
+                    shim::exec(&args, s.out.as_raw_fd(), s.err.as_raw_fd())
+                }
+                (Ok(pid), HelperWaits::Yes) => loop {
                     match waitpid(Pid::from_raw(pid), None) {
                         Ok(WaitStatus::Exited(_, code)) => break code,
                         Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
@@ -389,8 +477,7 @@ fn forked(waits: HelperWaits, start: impl FnOnce() -> Result<i32, String>) -> Re
                         Err(_) => break 255,
                     }
                 },
-                Ok(_) => 0,
-                Err(_) => 1,
+                (Err(_), _) => 1,
             };
             // SAFETY: ends the child without running this process's exit handlers.
             unsafe { libc::_exit(code) }
@@ -398,12 +485,12 @@ fn forked(waits: HelperWaits, start: impl FnOnce() -> Result<i32, String>) -> Re
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(no_spawns);
             drop(start);
+            // The pipes' ends are the helper's (and the container's) now.
+            drop(waits);
             drop(w);
             let report = read_report(r);
-            if report.is_err() || waits == HelperWaits::No {
-                if report.is_err() {
-                    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                }
+            if report.is_err() {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);
             }
             report.map(|pid| (pid, child))
@@ -470,6 +557,66 @@ pub fn wait_exit(pid: i32) -> tokio::sync::oneshot::Receiver<Exit> {
         tracing::error!(pid, %e, "cannot start a wait thread");
     }
     rx
+}
+
+/// Wait for a container's shim (`None`: already gone) on a small thread; the exit it wrote
+/// arrives on the channel. A shim that vanished without writing one (killed) counts as
+/// 137: the container is lost.
+fn wait_shim(shim: Option<i32>, exit_file: PathBuf) -> tokio::sync::oneshot::Receiver<Exit> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name(format!("shim-{}", shim.unwrap_or(0))).stack_size(128 << 10).spawn(move || {
+        if let Some(pid) = shim {
+            loop {
+                match waitpid(Pid::from_raw(pid), None) {
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => break,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    // Not our child (a restarted kubelet, or reaped by an earlier one in this
+                    // process): wait for it to be gone.
+                    Err(_) => {
+                        wait_gone(pid);
+                        break;
+                    }
+                }
+            }
+        }
+        let exit = shim::read_exit(&exit_file).unwrap_or_else(|| {
+            tracing::warn!(file = %exit_file.display(), "the container's shim ended without its exit");
+            Exit { code: 137, signal: None }
+        });
+        let _ = tx.send(exit);
+    });
+    if let Err(e) = spawned {
+        tracing::error!(%e, "cannot start a wait thread");
+    }
+    rx
+}
+
+/// Block until process `pid` (not a child) is gone: a pidfd when the kernel has them,
+/// else a look every 200 ms.
+fn wait_gone(pid: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    if fd >= 0 {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        #[allow(unsafe_code)]
+        // SAFETY: one valid pollfd; the fd is ours and closed once.
+        unsafe {
+            while libc::poll(&mut p, 1, -1) < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR {}
+            libc::close(fd);
+        }
+        return;
+    }
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A process's start time (clock ticks after boot, `/proc/<pid>/stat` field 22): with the
+/// pid, it names one process.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn is_zombie(pid: i32) -> bool {
