@@ -16,6 +16,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "kubelet/lifecycle.rs"]
 mod lifecycle;
 
 use std::collections::HashMap;
