@@ -40,6 +40,20 @@ async fn collect(c: H2Client, path: String, secs: u64) -> Vec<(String, String, i
     parse(&body)
 }
 
+/// The first `n` events of a watch response, each within 20 s of the one before.
+async fn first_lines(body: &mut hyper::body::Incoming, n: usize) -> Vec<(String, String, i64)> {
+    let mut buf = Vec::new();
+    let mut lines = 0;
+    while lines < n {
+        let frame = tokio::time::timeout(Duration::from_secs(20), body.frame()).await.expect("events stopped").unwrap().unwrap();
+        if let Ok(d) = frame.into_data() {
+            lines += d.iter().filter(|b| **b == b'\n').count();
+            buf.extend_from_slice(&d);
+        }
+    }
+    parse(&buf)
+}
+
 fn parse(body: &[u8]) -> Vec<(String, String, i64)> {
     String::from_utf8_lossy(body)
         .lines()
@@ -139,21 +153,15 @@ async fn a_watcher_behind_the_buffer_or_before_it_gets_every_event_from_the_stor
     }
     // Read the slow watcher's first 150 events.
     let mut body = slow.into_body();
-    let mut buf = Vec::new();
-    let mut lines = 0;
-    while lines < expect.len() {
-        let frame = tokio::time::timeout(Duration::from_secs(20), body.frame()).await.expect("events stopped").unwrap().unwrap();
-        if let Ok(d) = frame.into_data() {
-            lines += d.iter().filter(|b| **b == b'\n').count();
-            buf.extend_from_slice(&d);
-        }
-    }
-    assert_eq!(parse(&buf), expect, "the slow watcher");
+    assert_eq!(first_lines(&mut body, expect.len()).await, expect, "the slow watcher");
     assert_eq!(store.watchers(), 2, "the feed, and the slow watcher on a store watch of its own");
     drop(body);
-    // A new watch from before the buffer's start is served too.
-    let got = collect(c.clone(), format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}"), 3).await;
-    assert_eq!(got, expect, "a watch from an old revision");
+    // A new watch from before the buffer's start is served too (its 10 MB of events are read
+    // as they come: a short timeoutSeconds could end it first on a loaded machine).
+    let req = http::Request::get(format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=120")).body(kapp_tls::empty()).unwrap();
+    let mut old = c.send(req).await.unwrap().into_body();
+    assert_eq!(first_lines(&mut old, expect.len()).await, expect, "a watch from an old revision");
+    drop(old);
     // And one from the last revision, from the feed: nothing, then the next write.
     let last = expect.last().unwrap().2;
     let w = tokio::spawn(collect(c.clone(), format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={last}"), 3));
