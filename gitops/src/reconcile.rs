@@ -193,7 +193,7 @@ impl Gitops {
         .await
         .map_err(|e| SyncFailure::Fetch(e.to_string()))?;
         Ok(match docs {
-            Err(kapp_render::RenderError::NoKey { file }) => Err(vec![SyncError { file: file.to_string_lossy().into_owned(), reason: "encrypted with age and no decryption key is configured".into(), ..Default::default() }]),
+            Err(kapp_render::RenderError::NoKey { file }) => Err(vec![SyncError { file: file.to_string_lossy().into_owned(), reason: crate::secrets::NO_KEY.into(), ..Default::default() }]),
             Err(kapp_render::RenderError::Decrypt { file, source }) => Err(vec![SyncError { file: file.to_string_lossy().into_owned(), reason: format!("cannot decrypt: {source}"), ..Default::default() }]),
             Err(e) => Err(vec![SyncError { reason: e.to_string(), ..Default::default() }]),
             Ok((_, errors)) if !errors.is_empty() => Err(errors),

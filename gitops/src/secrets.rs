@@ -11,6 +11,9 @@ use kapp_api::kapp::SyncError;
 use kapp_render::Document;
 use serde_json::Value;
 
+/// Why something encrypted cannot be read: no key.
+pub const NO_KEY: &str = "encrypted with age and no decryption key is configured";
+
 /// Decrypt every armored value of every Secret in `docs`, in place; all failures at once.
 /// With no identities, an encrypted value is a failure.
 pub fn decrypt_values(docs: &mut [Document], identities: &[kapp_age::Identity]) -> Vec<SyncError> {
@@ -27,7 +30,7 @@ pub fn decrypt_values(docs: &mut [Document], identities: &[kapp_age::Identity]) 
             for (key, value) in map.iter_mut() {
                 let Some(text) = value.as_str().filter(|t| kapp_age::is_armored(t.as_bytes())) else { continue };
                 let plain = if identities.is_empty() {
-                    Err("encrypted with age and no decryption key is configured".to_string())
+                    Err(NO_KEY.to_string())
                 } else {
                     kapp_age::decrypt(identities, text.as_bytes()).map_err(|e| format!("cannot decrypt: {e}"))
                 };

@@ -134,9 +134,9 @@ fn lifecycle(runs: usize) -> Value {
         let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe");
         let output = kapp_kubelet::runtime::Output { stdout: pipe(), stderr: pipe() };
         let t0 = Instant::now();
-        let started = runtime.run("bench", &kapp_bundle, &kapp_spec, output, &kapp_log, 1 << 20).expect("kapp: create and start");
+        let (_, shim) = runtime.run("bench", &kapp_bundle, &kapp_spec, output, &kapp_log, 1 << 20).expect("kapp: create and start");
         let t1 = Instant::now();
-        let exit = started.wait().blocking_recv().expect("kapp: the exit");
+        let exit = shim.wait().blocking_recv().expect("kapp: the exit");
         let t2 = Instant::now();
         runtime.delete("bench");
         let t3 = Instant::now();

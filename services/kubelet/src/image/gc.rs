@@ -63,12 +63,8 @@ impl ImageStore {
         let _alone = self.gc.write().await;
         let in_use: HashSet<String> = in_use.iter().filter_map(|i| Reference::parse(i).ok()).map(|r| r.to_string()).collect();
         let now = SystemTime::now();
-        let mut images: Vec<(SystemTime, Image)> = Vec::new();
-        for e in std::fs::read_dir(self.root.join("refs")).map_err(|e| ImageError::Io { path: self.root.join("refs"), reason: e.to_string() })?.flatten() {
-            let Ok(img) = serde_json::from_slice::<Image>(&std::fs::read(e.path()).unwrap_or_default()) else { continue };
-            let used = e.metadata().and_then(|m| m.modified()).unwrap_or(now);
-            images.push((used, img));
-        }
+        // When each was last used: its record's mtime (see `touch`).
+        let mut images: Vec<(SystemTime, Image)> = self.list().into_iter().map(|img| (std::fs::metadata(self.ref_path(&img.name)).and_then(|m| m.modified()).unwrap_or(now), img)).collect();
         images.sort_by_key(|(used, _)| *used);
         let mut removed = Vec::new();
         let mut freed = 0u64;

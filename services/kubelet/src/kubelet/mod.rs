@@ -153,28 +153,15 @@ pub(crate) struct Shared {
     pub workers: Mutex<HashMap<String, WorkerHandle>>,
     /// The node's CPU and memory use (`/stats/node`).
     pub stats: Arc<crate::stats::Sampler>,
-    /// Container runs an earlier kubelet left, by id (`<pod uid>-<container>-<run>`), until
-    /// their pods' workers take them over.
-    pub adoptable: Mutex<HashMap<String, crate::runtime::Adoptable>>,
+    /// Container runs an earlier kubelet left (id and shim), by pod uid and container name,
+    /// until their pods' workers take them over.
+    pub adoptable: Mutex<HashMap<(String, String), (String, crate::runtime::Shim)>>,
 }
 
 impl Shared {
-    /// The run of container `name` of pod `uid` an earlier kubelet left, if any (the newest;
-    /// older ones, which should not exist, are removed).
-    pub fn take_adoptable(&self, uid: &str, name: &str) -> Option<(String, crate::runtime::Adoptable)> {
-        let prefix = format!("{uid}-{name}-");
-        let mut mine: Vec<(u32, String, crate::runtime::Adoptable)> = {
-            let mut all = self.adoptable.lock().expect("adoptable lock");
-            let ids: Vec<String> = all.keys().filter(|id| id.strip_prefix(&prefix).is_some_and(|n| n.parse::<u32>().is_ok())).cloned().collect();
-            ids.into_iter().filter_map(|id| all.remove(&id).map(|a| (id[prefix.len()..].parse().unwrap_or(0), id, a))).collect()
-        };
-        mine.sort_by_key(|(n, _, _)| *n);
-        let newest = mine.pop();
-        for (_, id, _) in mine {
-            tracing::warn!(id, "an older run of the same container: removed");
-            self.runtime.delete(&id);
-        }
-        newest.map(|(_, id, a)| (id, a))
+    /// The run of container `name` of pod `uid` an earlier kubelet left, if any.
+    pub fn take_adoptable(&self, uid: &str, name: &str) -> Option<(String, crate::runtime::Shim)> {
+        self.adoptable.lock().expect("adoptable lock").remove(&(uid.to_string(), name.to_string()))
     }
 
     pub fn pod(&self, uid: &str) -> Option<Pod> {
@@ -225,14 +212,17 @@ impl Kubelet {
         // adopted by their pods' workers; the rest (no shim: their output went nowhere) are
         // removed with their root filesystems. Pod sandboxes (network, address, IPC, volumes)
         // stay, and the workers start what is missing as the pods' status says.
-        let mut adoptable = HashMap::new();
+        let mut adoptable: HashMap<(String, String), (String, crate::runtime::Shim)> = HashMap::new();
         for id in runtime.list() {
-            match runtime.adoptable(&id) {
-                Some(a) => {
-                    tracing::info!(id, running = a.shim.is_some(), "a container of an earlier kubelet, to adopt");
-                    adoptable.insert(id, a);
+            // A run's bundle is `<state>/pods/<uid>/containers/<name>` (see `pod`).
+            let found = runtime.adoptable(&id).and_then(|shim| Some(((dir_name(shim.bundle.parent()?.parent()?)?, dir_name(&shim.bundle)?), shim)));
+            match found {
+                // One run per container at a time: a worker deletes a run before it starts the next.
+                Some((key, shim)) if !adoptable.contains_key(&key) => {
+                    tracing::info!(id, running = shim.pid.is_some(), "a container of an earlier kubelet, to adopt");
+                    adoptable.insert(key, (id, shim));
                 }
-                None => {
+                _ => {
                     tracing::info!(id, "removing a container left by an earlier run");
                     runtime.delete(&id);
                 }
@@ -240,7 +230,7 @@ impl Kubelet {
         }
         for pod in std::fs::read_dir(cfg.state_dir.join("pods")).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default() {
             for ctr in std::fs::read_dir(pod.join("containers")).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default() {
-                if !adoptable.values().any(|a: &crate::runtime::Adoptable| a.bundle == ctr) {
+                if !adoptable.contains_key(&(dir_name(&pod).unwrap_or_default(), dir_name(&ctr).unwrap_or_default())) {
                     unmount_all(&ctr);
                 }
             }
@@ -335,10 +325,10 @@ async fn import_all(images: &ImageStore, dir: &Path) {
 async fn clean_node(shared: &Shared, keep: &HashSet<String>) {
     for id in shared.runtime.list() {
         if !keep.iter().any(|uid| id.starts_with(uid.as_str())) {
-            shared.adoptable.lock().expect("adoptable lock").remove(&id);
             shared.runtime.delete(&id);
         }
     }
+    shared.adoptable.lock().expect("adoptable lock").retain(|(uid, _), _| keep.contains(uid));
     let pods_dir = shared.cfg.state_dir.join("pods");
     let mut uids: HashSet<String> = std::fs::read_dir(&pods_dir).map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect()).unwrap_or_default();
     uids.extend(shared.ipam.lock().await.owners());
@@ -350,6 +340,11 @@ async fn clean_node(shared: &Shared, keep: &HashSet<String>) {
         shared.runtime.remove_cgroup(&format!("/{}/pod{uid}", shared.cfg.cgroup_parent));
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The last component of `p`, as text.
+fn dir_name(p: &Path) -> Option<String> {
+    p.file_name()?.to_str().map(str::to_string)
 }
 
 /// Unmount everything at or below `dir`, deepest first.
@@ -369,18 +364,13 @@ fn now_secs() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn mem_total_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
-        .unwrap_or(0)
-}
-
 /// The Node's status. Pure but for the clock and the machine's size.
 fn node_status(shared: &Shared) -> Value {
     let cfg = &shared.cfg;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", mem_total_kib()), "pods": cfg.max_pods.to_string()});
+    // (working set, total) in bytes.
+    let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| crate::stats::memory(&m)).unwrap_or((0, 0));
+    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory.1 / 1024), "pods": cfg.max_pods.to_string()});
     let t = now_secs();
     let cond = |ty: &str, st: &str, reason: &str, msg: &str| json!({"type": ty, "status": st, "reason": reason, "message": msg, "lastHeartbeatTime": t, "lastTransitionTime": t});
     let images: Vec<Value> = shared
@@ -396,7 +386,7 @@ fn node_status(shared: &Shared) -> Value {
     let uname = nix::sys::utsname::uname().ok();
     // Kubernetes' hard eviction thresholds: nodefs.available < 10%, memory.available < 100Mi.
     let disk_low = crate::image::gc::fs_usage(&cfg.state_dir).is_some_and(|(total, avail)| u128::from(avail) * 10 < u128::from(total));
-    let mem_low = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).is_some_and(|kib| kib < 100 * 1024);
+    let mem_low = memory.1 > 0 && memory.1 - memory.0 < 100 << 20;
     let disk = if disk_low { cond("DiskPressure", "True", "KubeletHasDiskPressure", "less than 10% of the state filesystem is free") } else { cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure") };
     let mem = if mem_low { cond("MemoryPressure", "True", "KubeletHasInsufficientMemory", "less than 100Mi of memory is available") } else { cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available") };
     json!({

@@ -106,6 +106,27 @@ struct Run {
 }
 
 impl Run {
+    /// Run `id` in bundle `dir` (root filesystem `dir/rootfs`), running since `started`;
+    /// hooks and probes not begun.
+    fn new(id: String, dir: PathBuf, cgroup: String, checks: Checks, started: Instant, started_at: String) -> Run {
+        Run {
+            startup_done: checks.startup.is_none(),
+            checks,
+            id,
+            cgroup,
+            rootfs: dir.join("rootfs"),
+            dir,
+            started,
+            started_at,
+            post_started: false,
+            ready: false,
+            hook: None,
+            probes: None,
+            stopping: None,
+            killed_for: None,
+        }
+    }
+
     /// The postStart hook is done (or there is none): start the probes. Without a readiness
     /// (and startup) probe the container is ready from now on.
     fn begin_probes(&mut self, shared: &Arc<Shared>, ip: Option<Ipv4Addr>, events: &mpsc::Sender<Event>) {
@@ -151,7 +172,7 @@ struct Ctr {
     image_id: String,
     /// A run an earlier kubelet started, still running (or ended while no kubelet was
     /// there), to be taken over once the sandbox is back.
-    adopt: Option<(String, runtime::Adoptable)>,
+    adopt: Option<(String, runtime::Shim)>,
     /// The status said the startup probe had succeeded (for an adopted run).
     started_reported: bool,
 }
@@ -180,20 +201,24 @@ struct Restored {
     done: bool,
 }
 
-/// What a restarted kubelet takes over from the status an earlier one reported for a
-/// container (`fresh`: the state of one that never ran). A container that was running was
-/// killed when this kubelet started (its output pipes died with the earlier one): it ended
-/// as Kubernetes reports a container it lost (137, `ContainerStatusUnknown`) and is
-/// restarted unless the policy is Never. Finished containers stay finished. Pure.
-fn restore(s: &ContainerStatus, init: bool, policy: &str, fresh: State) -> Restored {
-    let restarts = s.restart_count.max(0) as u32;
-    let terminated = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| State::Terminated {
+/// A reported terminated state as the worker keeps it. Pure.
+fn terminated(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> State {
+    State::Terminated {
         code: t.exit_code,
         signal: t.signal,
         reason: t.reason.clone().unwrap_or_default(),
         started_at: t.started_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
         finished_at: t.finished_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
-    };
+    }
+}
+
+/// What a restarted kubelet takes over from the status an earlier one reported for a
+/// container it could not adopt (`fresh`: the state of one that never ran). A container
+/// that was running is lost (its shim is gone, and with it its output): it ended as
+/// Kubernetes reports a container it lost (137, `ContainerStatusUnknown`) and is restarted
+/// unless the policy is Never. Finished containers stay finished. Pure.
+fn restore(s: &ContainerStatus, init: bool, policy: &str, fresh: State) -> Restored {
+    let restarts = s.restart_count.max(0) as u32;
     let restartable = |code: i32| if init { code != 0 && policy != "Never" } else { plan::restarts(policy, code) };
     let state = s.state.clone().unwrap_or_default();
     let ended = if let Some(t) = &state.terminated {
@@ -216,15 +241,9 @@ fn restore(s: &ContainerStatus, init: bool, policy: &str, fresh: State) -> Resto
 
 /// What a restarted kubelet takes over of a container run it adopts (`id`, from the run's
 /// number its restart count): running since it started, the last state as reported. Pure.
-fn adopted(prior: Option<&ContainerStatus>, id: &str, a: &runtime::Adoptable) -> Restored {
+fn adopted(prior: Option<&ContainerStatus>, id: &str, a: &runtime::Shim) -> Restored {
     let run_no: u32 = id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-    let last = prior.and_then(|s| s.last_state.as_ref()).and_then(|l| l.terminated.as_ref()).map(|t| State::Terminated {
-        code: t.exit_code,
-        signal: t.signal,
-        reason: t.reason.clone().unwrap_or_default(),
-        started_at: t.started_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
-        finished_at: t.finished_at.as_ref().map(|x| x.0.to_string()).unwrap_or_default(),
-    });
+    let last = prior.and_then(|s| s.last_state.as_ref()).and_then(|l| l.terminated.as_ref()).map(terminated);
     Restored { state: State::Running { started_at: a.started_at.clone() }, last, restarts: run_no, started_once: true, done: false }
 }
 
@@ -318,7 +337,7 @@ impl Worker {
                 let adopt = self.shared.take_adoptable(&self.uid, &c.name);
                 let r = match (&adopt, prior) {
                     (Some((id, a)), _) => {
-                        tracing::info!(container = %c.name, id = %id, running = a.shim.is_some(), "adopting a container of an earlier kubelet");
+                        tracing::info!(container = %c.name, id = %id, running = a.pid.is_some(), "adopting a container of an earlier kubelet");
                         adopted(prior, id, a)
                     }
                     (None, Some(s)) => restore(s, init, &policy, fresh),
@@ -520,16 +539,11 @@ impl Worker {
             }
         };
         // Init containers have no probes or hooks (Kubernetes refuses them there).
-        let checks = if self.ctrs[i].init {
-            Checks::default()
-        } else {
-            let index = self.ctrs[..i].iter().filter(|c| !c.init).count();
-            match Checks::of(&self.ctrs[i].spec, &format!("spec.containers[{index}]")) {
-                Ok(c) => c,
-                Err(e) => {
-                    fail(&mut self.ctrs[i], "CreateContainerConfigError", e.to_string());
-                    return;
-                }
+        let checks = match self.checks(i) {
+            Ok(c) => c,
+            Err(e) => {
+                fail(&mut self.ctrs[i], "CreateContainerConfigError", e);
+                return;
             }
         };
         let Some(sb) = &self.sandbox else { return };
@@ -588,34 +602,20 @@ impl Worker {
                 return;
             }
         };
-        self.watch_exit(&id, started.wait());
+        let (pid, shim) = started;
+        self.watch_exit(&id, shim.wait());
         let c = &mut self.ctrs[i];
         if c.started_once {
             c.restarts += 1;
         }
         c.started_once = true;
         c.image_id = format!("{}@{}", image.name.split(['@']).next().unwrap_or("").rsplit_once(':').map_or(image.name.as_str(), |(n, _)| n), image.digest);
-        let started_at = started.started_at;
-        tracing::info!(container = %c.spec.name, id = %id, pid = started.pid, shim = started.shim, "container started");
+        let started_at = shim.started_at;
+        tracing::info!(container = %c.spec.name, id = %id, pid, shim = shim.pid, "container started");
         c.state = State::Running { started_at: started_at.clone() };
         c.not_before = None;
         let post_start = checks.post_start.clone();
-        let mut run = Run {
-            startup_done: checks.startup.is_none(),
-            checks,
-            id,
-            cgroup: params.cgroups_path,
-            dir: cdir,
-            rootfs,
-            started: Instant::now(),
-            started_at,
-            post_started: false,
-            ready: false,
-            hook: None,
-            probes: None,
-            stopping: None,
-            killed_for: None,
-        };
+        let mut run = Run::new(id, cdir, params.cgroups_path, checks, Instant::now(), started_at);
         match post_start {
             None => run.begin_probes(&self.shared, pod_ip, &self.events),
             Some(hook) => {
@@ -627,6 +627,16 @@ impl Worker {
             }
         }
         c.run = Some(run);
+    }
+
+    /// Container `i`'s probes and hooks (none for init containers: Kubernetes refuses them
+    /// there), errors naming the field.
+    fn checks(&self, i: usize) -> Result<Checks, String> {
+        if self.ctrs[i].init {
+            return Ok(Checks::default());
+        }
+        let index = self.ctrs[..i].iter().filter(|c| !c.init).count();
+        Checks::of(&self.ctrs[i].spec, &format!("spec.containers[{index}]")).map_err(|e| e.to_string())
     }
 
     /// Deliver the exit of run `id` (when its shim ends) as an event.
@@ -645,33 +655,16 @@ impl Worker {
     fn adopt_runs(&mut self, pod: &Pod) {
         let ip = self.pod_ip();
         let pod_cgroup = self.pod_cgroup();
-        let mut index = 0;
         for i in 0..self.ctrs.len() {
-            let field = format!("spec.containers[{index}]");
-            if !self.ctrs[i].init {
-                index += 1;
-            }
             let Some((id, a)) = self.ctrs[i].adopt.take() else { continue };
+            // They parsed when the run started.
+            let checks = self.checks(i).unwrap_or_default();
             let c = &mut self.ctrs[i];
-            let checks = if c.init { Checks::default() } else { Checks::of(&c.spec, &field).unwrap_or_default() };
             let since = chrono::DateTime::parse_from_rfc3339(&a.started_at).ok().and_then(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).to_std().ok()).unwrap_or_default();
-            let mut run = Run {
-                startup_done: checks.startup.is_none() || c.started_reported,
-                checks,
-                id: id.clone(),
-                cgroup: format!("{pod_cgroup}/{id}"),
-                dir: a.bundle.clone(),
-                rootfs: a.bundle.join("rootfs"),
-                started: Instant::now().checked_sub(since).unwrap_or_else(Instant::now),
-                started_at: a.started_at.clone(),
-                post_started: true,
-                ready: false,
-                hook: None,
-                probes: None,
-                stopping: None,
-                killed_for: None,
-            };
-            if a.shim.is_some() {
+            let started = Instant::now().checked_sub(since).unwrap_or_else(Instant::now);
+            let mut run = Run::new(id.clone(), a.bundle.clone(), format!("{pod_cgroup}/{id}"), checks, started, a.started_at.clone());
+            run.startup_done |= c.started_reported;
+            if a.pid.is_some() {
                 run.begin_probes(&self.shared, ip, &self.events);
             }
             c.run = Some(run);

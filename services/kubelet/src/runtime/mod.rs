@@ -75,6 +75,17 @@ pub struct Exit {
     pub signal: Option<i32>,
 }
 
+impl Exit {
+    /// The process and how it ended, if `status` says it did. Pure.
+    pub fn of(status: WaitStatus) -> Option<(Pid, Exit)> {
+        match status {
+            WaitStatus::Exited(pid, code) => Some((pid, Exit { code, signal: None })),
+            WaitStatus::Signaled(pid, sig, _) => Some((pid, Exit { code: 128 + sig as i32, signal: Some(sig as i32) })),
+            _ => None,
+        }
+    }
+}
+
 /// The bundle file naming a container's shim: `<pid> <start time> <startedAt>`.
 const SHIM_FILE: &str = "shim";
 /// The bundle file a shim writes the container's exit to.
@@ -86,37 +97,31 @@ pub struct Output {
     pub stderr: (OwnedFd, OwnedFd),
 }
 
-/// A container just started.
-#[derive(Clone, Debug)]
-pub struct Started {
-    /// Its init (the shim's child).
-    pub pid: i32,
-    pub shim: i32,
-    /// RFC 3339, seconds.
-    pub started_at: String,
-    exit_file: PathBuf,
-}
-
-impl Started {
-    /// When its shim ends, how the container ended.
-    pub fn wait(&self) -> tokio::sync::oneshot::Receiver<Exit> {
-        wait_shim(Some(self.shim), self.exit_file.clone())
-    }
-}
-
-/// A container an earlier kubelet started that can be taken over.
+/// A container's shim, as [`Runtime::run`] started it or an earlier kubelet left it
+/// ([`Runtime::adoptable`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Adoptable {
-    /// Its running shim; None when the container exited (its exit is in the bundle).
-    pub shim: Option<i32>,
+pub struct Shim {
+    /// The shim's pid; None when it has ended (the container's exit is in the bundle).
+    pub pid: Option<i32>,
     pub bundle: PathBuf,
+    /// When the container started (RFC 3339, seconds).
     pub started_at: String,
 }
 
-impl Adoptable {
-    /// When its shim ends, how the container ended.
+impl Shim {
+    /// When the shim ends, how the container ended (on a small thread of its own). A shim
+    /// that vanished without writing the exit (killed) counts as 137: the container is lost.
     pub fn wait(&self) -> tokio::sync::oneshot::Receiver<Exit> {
-        wait_shim(self.shim, self.bundle.join(EXIT_FILE))
+        let (pid, exit_file) = (self.pid, self.bundle.join(EXIT_FILE));
+        on_wait_thread(format!("shim-{}", pid.unwrap_or(0)), move || {
+            if let Some(pid) = pid {
+                wait_end(pid);
+            }
+            shim::read_exit(&exit_file).unwrap_or_else(|| {
+                tracing::warn!(file = %exit_file.display(), "the container's shim ended without its exit");
+                Exit { code: 137, signal: None }
+            })
+        })
     }
 }
 
@@ -205,8 +210,9 @@ impl Runtime {
 
     /// Write `config.json` into `bundle`, create and start container `id` with its output
     /// on `output`'s pipes, copied to `log` by the container's [`shim`], which outlives this
-    /// process (see [`Runtime::adoptable`]). Blocking: call from a blocking thread.
-    pub fn run(&self, id: &str, bundle: &Path, spec: &serde_json::Value, output: Output, log: &Path, log_max: u64) -> Result<Started, RuntimeError> {
+    /// process (see [`Runtime::adoptable`]); the init's pid and the shim. Blocking: call
+    /// from a blocking thread.
+    pub fn run(&self, id: &str, bundle: &Path, spec: &serde_json::Value, output: Output, log: &Path, log_max: u64) -> Result<(i32, Shim), RuntimeError> {
         let err = |reason: String| RuntimeError::Container { id: id.to_string(), reason };
         let spec: Spec = serde_json::from_value(spec.clone()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
         std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::Io { path: bundle.to_path_buf(), reason: e.to_string() })?;
@@ -229,10 +235,10 @@ impl Runtime {
         });
         match started {
             Ok((pid, shim)) => {
-                let started = Started { pid, shim: shim.as_raw(), started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), exit_file: bundle.join(EXIT_FILE) };
-                let record = format!("{} {} {}\n", started.shim, start_time(started.shim).unwrap_or(0), started.started_at);
+                let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let record = format!("{} {} {started_at}\n", shim.as_raw(), start_time(shim.as_raw()).unwrap_or(0));
                 std::fs::write(bundle.join(SHIM_FILE), record).map_err(|e| RuntimeError::Io { path: bundle.join(SHIM_FILE), reason: e.to_string() })?;
-                Ok(started)
+                Ok((pid, Shim { pid: Some(shim.as_raw()), bundle: bundle.to_path_buf(), started_at }))
             }
             Err(e) => {
                 self.delete(id);
@@ -244,7 +250,7 @@ impl Runtime {
     /// Whether container `id`, left by an earlier kubelet, can be taken over: its state and
     /// bundle are there, and its shim still runs (the same process: pid and start time) or
     /// wrote the container's exit.
-    pub fn adoptable(&self, id: &str) -> Option<Adoptable> {
+    pub fn adoptable(&self, id: &str) -> Option<Shim> {
         let c = Container::load(self.root.join(id)).ok()?;
         let bundle = c.bundle().to_path_buf();
         let record = std::fs::read_to_string(bundle.join(SHIM_FILE)).ok()?;
@@ -252,7 +258,7 @@ impl Runtime {
         let (shim, since, started_at) = (f.next()?.parse::<i32>().ok()?, f.next()?.parse::<u64>().ok()?, f.next()?.to_string());
         let alive = start_time(shim) == Some(since) && !is_zombie(shim);
         let exited = bundle.join(EXIT_FILE).exists();
-        (alive || exited).then_some(Adoptable { shim: alive.then_some(shim), bundle, started_at })
+        (alive || exited).then_some(Shim { pid: alive.then_some(shim), bundle, started_at })
     }
 
     /// Start `args` inside running container `id` as its own process runs (namespaces,
@@ -469,14 +475,7 @@ fn forked(waits: HelperWaits, start: impl FnOnce() -> Result<i32, String>) -> Re
                     let args = shim::ShimArgs { log: s.log, log_max: s.log_max, exit_file: s.exit_file, pid };
                     shim::exec(&args, s.out.as_raw_fd(), s.err.as_raw_fd())
                 }
-                (Ok(pid), HelperWaits::Yes) => loop {
-                    match waitpid(Pid::from_raw(pid), None) {
-                        Ok(WaitStatus::Exited(_, code)) => break code,
-                        Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-                        Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                        Err(_) => break 255,
-                    }
-                },
+                (Ok(pid), HelperWaits::Yes) => wait_end(pid).map_or(255, |e| e.code),
                 (Err(_), _) => 1,
             };
             // SAFETY: ends the child without running this process's exit handlers.
@@ -533,62 +532,40 @@ pub fn oom_count(text: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
-/// Wait for child `pid` on a small thread of its own; the exit arrives on the channel.
+/// Wait for child `pid` on a small thread of its own; the exit arrives on the channel (137
+/// for a process that is not this one's child, once it is gone).
 pub fn wait_exit(pid: i32) -> tokio::sync::oneshot::Receiver<Exit> {
+    on_wait_thread(format!("wait-{pid}"), move || wait_end(pid).unwrap_or(Exit { code: 137, signal: None }))
+}
+
+/// Run `wait` on a small thread of its own; what it returns arrives on the channel.
+fn on_wait_thread(name: String, wait: impl FnOnce() -> Exit + Send + 'static) -> tokio::sync::oneshot::Receiver<Exit> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name(format!("wait-{pid}")).stack_size(128 << 10).spawn(move || {
-        let exit = loop {
-            match waitpid(Pid::from_raw(pid), None) {
-                Ok(WaitStatus::Exited(_, code)) => break Exit { code, signal: None },
-                Ok(WaitStatus::Signaled(_, sig, _)) => break Exit { code: 128 + sig as i32, signal: Some(sig as i32) },
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                // Not our child (adopted after a restart): poll until it is gone.
-                Err(_) => {
-                    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
-                        std::thread::sleep(std::time::Duration::from_millis(200));
-                    }
-                    break Exit { code: 137, signal: None };
-                }
-            }
-        };
-        let _ = tx.send(exit);
-    });
-    if let Err(e) = spawned {
-        tracing::error!(pid, %e, "cannot start a wait thread");
+    if let Err(e) = std::thread::Builder::new().name(name).stack_size(128 << 10).spawn(move || {
+        let _ = tx.send(wait());
+    }) {
+        tracing::error!(%e, "cannot start a wait thread");
     }
     rx
 }
 
-/// Wait for a container's shim (`None`: already gone) on a small thread; the exit it wrote
-/// arrives on the channel. A shim that vanished without writing one (killed) counts as
-/// 137: the container is lost.
-fn wait_shim(shim: Option<i32>, exit_file: PathBuf) -> tokio::sync::oneshot::Receiver<Exit> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name(format!("shim-{}", shim.unwrap_or(0))).stack_size(128 << 10).spawn(move || {
-        if let Some(pid) = shim {
-            loop {
-                match waitpid(Pid::from_raw(pid), None) {
-                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => break,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    // Not our child (a restarted kubelet, or reaped by an earlier one in this
-                    // process): wait for it to be gone.
-                    Err(_) => {
-                        wait_gone(pid);
-                        break;
-                    }
-                }
+/// Block until process `pid` ends: how, if it is this process's child (reaped here); None
+/// when it is not (then once it is gone).
+fn wait_end(pid: i32) -> Option<Exit> {
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(status) => match Exit::of(status) {
+                Some((_, exit)) => return Some(exit),
+                None => continue,
+            },
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Not our child (a restarted kubelet's, or reaped by an earlier one in this process).
+            Err(_) => {
+                wait_gone(pid);
+                return None;
             }
         }
-        let exit = shim::read_exit(&exit_file).unwrap_or_else(|| {
-            tracing::warn!(file = %exit_file.display(), "the container's shim ended without its exit");
-            Exit { code: 137, signal: None }
-        });
-        let _ = tx.send(exit);
-    });
-    if let Err(e) = spawned {
-        tracing::error!(%e, "cannot start a wait thread");
     }
-    rx
 }
 
 /// Block until process `pid` (not a child) is gone: a pidfd when the kernel has them,

@@ -184,10 +184,12 @@ fn write(log: &mut Option<LogFile>, stream: &str, partial: bool, line: &[u8]) {
 fn reap(init: Pid) -> Option<Exit> {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == init => return Some(Exit { code, signal: None }),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => return Some(Exit { code: 128 + sig as i32, signal: Some(sig as i32) }),
             Ok(WaitStatus::StillAlive) => return None,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(status) => match Exit::of(status) {
+                Some((pid, exit)) if pid == init => return Some(exit),
+                _ => continue,
+            },
+            Err(nix::errno::Errno::EINTR) => continue,
             // No children at all: the init never became ours (or went already).
             Err(_) => return (!Path::new(&format!("/proc/{}", init.as_raw())).exists()).then_some(Exit { code: 137, signal: None }),
         }
