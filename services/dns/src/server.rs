@@ -146,12 +146,7 @@ impl DnsServer {
             let fwd = forwarder(upstreams)?;
             catalog.upsert(LowerName::new(&Name::root()), vec![Arc::new(fwd) as Arc<dyn ZoneHandler>]);
         }
-        let udp = tokio::net::UdpSocket::bind(listen).await.map_err(|source| DnsError::Bind { addr: listen, source })?;
-        let udp_addr = udp.local_addr().map_err(|source| DnsError::Bind { addr: listen, source })?;
-        // TCP on the same port as UDP (when the port was 0, the one UDP got).
-        let tcp_at = SocketAddr::new(listen.ip(), udp_addr.port());
-        let tcp = tokio::net::TcpListener::bind(tcp_at).await.map_err(|source| DnsError::Bind { addr: tcp_at, source })?;
-        let tcp_addr = tcp.local_addr().map_err(|source| DnsError::Bind { addr: tcp_at, source })?;
+        let (udp, udp_addr, tcp, tcp_addr) = bind_pair(listen).await?;
         let catalog = Arc::new(catalog);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let udp = tokio::spawn(crate::udp::serve(udp, catalog.clone(), zones.cfg.origins(), stopped));
@@ -166,6 +161,28 @@ impl DnsServer {
         let _ = self.udp.await;
         if let Err(e) = self.server.shutdown_gracefully().await {
             tracing::warn!(error = %e, "dns server shutdown");
+        }
+    }
+}
+
+/// How many ephemeral ports are tried for a UDP + TCP pair on one port number.
+const PAIR_TRIES: usize = 16;
+
+/// A UDP socket and a TCP listener on the same port of `listen`'s address. With port 0,
+/// UDP picks the port; if TCP's port of that number is taken, another is tried.
+async fn bind_pair(listen: SocketAddr) -> Result<(tokio::net::UdpSocket, SocketAddr, tokio::net::TcpListener, SocketAddr), DnsError> {
+    let mut tries = 0;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(listen).await.map_err(|source| DnsError::Bind { addr: listen, source })?;
+        let udp_addr = udp.local_addr().map_err(|source| DnsError::Bind { addr: listen, source })?;
+        let tcp_at = SocketAddr::new(listen.ip(), udp_addr.port());
+        match tokio::net::TcpListener::bind(tcp_at).await {
+            Ok(tcp) => {
+                let tcp_addr = tcp.local_addr().map_err(|source| DnsError::Bind { addr: tcp_at, source })?;
+                return Ok((udp, udp_addr, tcp, tcp_addr));
+            }
+            Err(e) if listen.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries + 1 < PAIR_TRIES => tries += 1,
+            Err(source) => return Err(DnsError::Bind { addr: tcp_at, source }),
         }
     }
 }
@@ -194,4 +211,22 @@ fn forwarder(up: &Upstreams) -> Result<ForwardZoneHandler, DnsError> {
 /// Parse `ip` or `ip:port` (port 53 when absent).
 pub fn parse_upstream(s: &str) -> Option<SocketAddr> {
     s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pair_shares_one_port_and_a_taken_fixed_port_is_named() {
+        let (_u, udp, _t, tcp) = bind_pair("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_eq!(udp.port(), tcp.port());
+        // A fixed port whose TCP side is taken is not replaced by another.
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = taken.local_addr().unwrap();
+        match bind_pair(at).await {
+            Err(DnsError::Bind { addr, .. }) => assert_eq!(addr, at),
+            other => panic!("expected a bind error, got {:?}", other.map(|p| (p.1, p.3))),
+        }
+    }
 }
